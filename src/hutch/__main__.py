@@ -1,0 +1,5 @@
+import sys
+
+from hutch.cli.main import main
+
+sys.exit(main())

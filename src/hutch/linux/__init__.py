@@ -1,0 +1,1 @@
+"""Thin wrappers of kernel interfaces: syscalls via ctypes, nothing container-specific."""
