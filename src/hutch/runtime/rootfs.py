@@ -1,0 +1,163 @@
+"""Building the container's filesystem view inside its new mount namespace, then pivoting into it.
+
+Everything here runs in the container's init process after ``unshare(CLONE_NEWNS)``, so every mount is
+private to the container and disappears with its mount namespace: a crash can never leak a mount on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from hutch.linux import syscalls as sc
+from hutch.runtime.mountopts import parse_mount_options
+from hutch.runtime.paths import secure_join
+
+
+@dataclass
+class OverlayRoot:
+    """An overlayfs root: read-only layer dirs (names relative to ``layers_dir``, top first) and the writable
+    per-container upper and work dirs."""
+
+    layers_dir: str
+    lower: list[str]
+    upper: str
+    work: str
+
+
+# (name, type, major, minor): the devices every container gets (OCI runtime spec "Default Devices").
+DEFAULT_DEVICES = (
+    ("null", stat.S_IFCHR, 1, 3),
+    ("zero", stat.S_IFCHR, 1, 5),
+    ("full", stat.S_IFCHR, 1, 7),
+    ("random", stat.S_IFCHR, 1, 8),
+    ("urandom", stat.S_IFCHR, 1, 9),
+    ("tty", stat.S_IFCHR, 5, 0),
+)
+_DEV_SYMLINKS = (
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("pts/ptmx", "ptmx"),
+    ("/proc/kcore", "core"),
+)
+
+
+def mount_root(rootfs: str, overlay: OverlayRoot | None, propagation: int) -> None:
+    """Make the host's mounts private to us, then mount the overlay (or bind the bundle dir) at ``rootfs``."""
+    # why: without this, mounts made for the container would propagate back to the host's shared mounts.
+    sc.mount(None, "/", None, propagation)
+    if overlay is None:
+        # pivot_root needs a mount point; a bind of the directory onto itself makes one.
+        sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
+        return
+    # why relative lower dirs: the overlay option string is limited to one page, and 64-hex chain IDs under
+    # a long root would overflow it after a few dozen layers; chdir makes each entry 64 bytes.
+    os.chdir(overlay.layers_dir)
+    data = f"lowerdir={':'.join(overlay.lower)},upperdir={overlay.upper},workdir={overlay.work}"
+    sc.mount("overlay", rootfs, "overlay", 0, data)
+    os.chdir("/")
+
+
+def _prepare_destination(dest: str, source: str | None, is_bind: bool) -> None:
+    """Create the mount point: a file for a bind of a file, a directory otherwise."""
+    if os.path.lexists(dest):
+        return
+    if is_bind and source and not os.path.isdir(source):
+        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    else:
+        os.makedirs(dest, mode=0o755, exist_ok=True)
+
+
+def mount_entry(rootfs: str, entry: dict) -> None:
+    """One entry of the spec's ``mounts``; binds honour ``ro`` with a remount, as the kernel requires."""
+    options = parse_mount_options(entry.get("options", []))
+    dest = secure_join(rootfs, entry["destination"])
+    source = entry.get("source")
+    fstype = entry.get("type")
+    if options.is_bind:
+        if not os.path.exists(source):
+            raise OSError(2, f"bind mount source {source!r} does not exist")
+        fstype = None
+    _prepare_destination(dest, source, options.is_bind)
+    flags = options.flags
+    sc.mount(source, dest, fstype, flags & ~sc.MS_RDONLY if options.is_bind else flags, options.data_string)
+    if options.is_bind and flags & ~(sc.MS_BIND | sc.MS_REC):
+        sc.mount(None, dest, None, flags | sc.MS_REMOUNT | sc.MS_BIND)
+    for propagation in options.propagation:
+        sc.mount(None, dest, None, propagation)
+
+
+def create_default_devices(rootfs: str) -> None:
+    """mknod the standard devices into the container's /dev tmpfs, plus the usual symlinks."""
+    dev = secure_join(rootfs, "/dev")
+    old_umask = os.umask(0)
+    try:
+        for name, kind, major, minor in DEFAULT_DEVICES:
+            path = os.path.join(dev, name)
+            if os.path.lexists(path):
+                os.unlink(path)
+            os.mknod(path, kind | 0o666, os.makedev(major, minor))
+    finally:
+        os.umask(old_umask)
+    for target, name in _DEV_SYMLINKS:
+        path = os.path.join(dev, name)
+        if not os.path.lexists(path):
+            os.symlink(target, path)
+
+
+def mask_paths(rootfs: str, masked: list[str], readonly: list[str]) -> None:
+    """Hide kernel interfaces a container must not reach, and make others read-only.
+
+    why: a masked file gets the host-side /dev/null bind (opened before the container can tamper with its
+    own /dev), a masked directory an empty read-only tmpfs; the runc advisories of 2025 (CVE-2025-31133,
+    CVE-2025-52565) showed that masking through a path the container controls can be redirected.
+    """
+    for path in masked:
+        dest = secure_join(rootfs, path)
+        if not os.path.lexists(dest):
+            continue
+        if os.path.isdir(dest):
+            sc.mount("tmpfs", dest, "tmpfs", sc.MS_RDONLY, "size=0k,mode=755")
+        else:
+            sc.mount("/dev/null", dest, None, sc.MS_BIND)
+    for path in readonly:
+        dest = secure_join(rootfs, path)
+        if not os.path.lexists(dest):
+            continue
+        sc.mount(dest, dest, None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(
+            None,
+            dest,
+            None,
+            sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+        )
+
+
+def pivot_into(rootfs: str) -> None:
+    """pivot_root into ``rootfs`` and detach the old root, so no host path stays reachable.
+
+    why the ``pivot_root(".", ".")`` form: it needs no put_old directory inside the image (which an image
+    could pre-create as a symlink); the old root ends up stacked under the new one and is detached at once.
+    """
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    new_root = os.open(rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fchdir(new_root)
+        sc.pivot_root(".", ".")
+        os.fchdir(old_root)
+        # why slave first: detaching a shared old root would propagate the unmount to the host.
+        sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
+        sc.umount2(".", sc.MNT_DETACH)
+    finally:
+        os.close(old_root)
+        os.close(new_root)
+    os.chdir("/")
+
+
+def remount_root_readonly() -> None:
+    """``--read-only``: after pivot, the root mount is made read-only (its sub-mounts keep their own mode)."""
+    sc.mount(None, "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)

@@ -1,0 +1,117 @@
+"""Starting a container's init process from the caller's side.
+
+One fork, no helper binary: the caller makes the pid namespace for its *next child* with
+``unshare(CLONE_NEWPID)``, forks (the child becomes pid 1 of the new namespace), then joins its own pid
+namespace again with ``setns`` so that later forks of the caller are unaffected. The child does everything
+else (``runtime.init``). A close-on-exec pipe tells the caller whether the exec happened: EOF means it did,
+a JSON record means set-up failed and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from hutch.errors import CommandNotExecutable, CommandNotFound, HutchError
+from hutch.linux import syscalls as sc
+from hutch.runtime import init
+from hutch.runtime.rootfs import OverlayRoot
+
+
+@dataclass
+class ContainerProcess:
+    """The running init process as the caller sees it; ``console`` is the pty master with ``terminal``."""
+
+    pid: int
+    console: int | None = None
+
+
+def spawn(
+    spec: dict,
+    rootfs: str,
+    *,
+    overlay: OverlayRoot | None = None,
+    cgroup: object | None = None,
+    stdio: tuple[int, int, int] = (0, 1, 2),
+    die_with_parent: bool = False,
+) -> ContainerProcess:
+    """Fork the container's init and wait until it has exec'd its command (or failed to)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    parent_sock = child_sock = None
+    if spec["process"].get("terminal"):
+        import socket
+
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = _fork_in_new_pidns(_wants_new_pidns(spec))
+    if pid == 0:
+        os.close(read_end)
+        if parent_sock is not None:
+            parent_sock.close()
+        init.run(init.InitArgs(spec, rootfs, overlay, cgroup, write_end, child_sock, stdio, die_with_parent))
+    os.close(write_end)
+    console = None
+    if child_sock is not None:
+        child_sock.close()
+        console = _receive_console(parent_sock)
+    failure = _read_all(read_end)
+    if failure:
+        os.waitpid(pid, 0)
+        if console is not None:
+            os.close(console)
+        raise _error_from(failure)
+    return ContainerProcess(pid, console)
+
+
+def _wants_new_pidns(spec: dict) -> bool:
+    namespaces = spec.get("linux", {}).get("namespaces", [])
+    return any(ns["type"] == "pid" and not ns.get("path") for ns in namespaces)
+
+
+def _fork_in_new_pidns(new_pidns: bool) -> int:
+    if not new_pidns:
+        return os.fork()
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.unshare(sc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid != 0:
+            # why: unshare(CLONE_NEWPID) only sets the namespace for our children; joining our own again
+            # keeps any later fork of this process (a monitor, a second container) in the host namespace.
+            sc.setns(own, sc.CLONE_NEWPID)
+        return pid
+    finally:
+        os.close(own)
+
+
+def _receive_console(sock) -> int | None:
+    import socket
+
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+    finally:
+        sock.close()
+    return fds[0] if fds else None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _error_from(raw: bytes) -> HutchError:
+    try:
+        record = json.loads(raw)
+        code, message = int(record["code"]), str(record["message"])
+    except (ValueError, KeyError, TypeError):
+        return HutchError(f"container init failed: {raw[:200]!r}")
+    if code == 127:
+        return CommandNotFound(message)
+    if code == 126:
+        return CommandNotExecutable(message)
+    return HutchError(message)
