@@ -1,0 +1,236 @@
+"""The container engine: containers as records, started through a backend, cleaned up on every path.
+
+One ``Engine`` per hutch invocation. It owns ``<root>/containers/<id>/`` (overlay upper/work/merged, the
+generated /etc files, logs) and the container's record; the image store owns the layers it mounts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from hutch.db import Database
+from hutch.engine import etcfiles, specgen
+from hutch.engine.names import random_name
+from hutch.engine.options import RunOptions
+from hutch.engine.records import ContainerRecords, Record
+from hutch.errors import Conflict, HutchError
+from hutch.runtime.rootfs import OverlayRoot
+from hutch.runtime.spawn import ContainerProcess, spawn
+
+
+def exit_code_of(status: int) -> int:
+    """waitpid status to the shell convention Docker uses: the code, or 128 + signal."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def process_start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: with the pid it identifies a process even after pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[data.rfind(b")") + 2 :].split()[19].decode()
+
+
+class Engine:
+    """Create, start, wait for, list and remove containers."""
+
+    def __init__(self, root: Path, db: Database, images=None) -> None:
+        self.root = root
+        self.db = db
+        self._images = images
+        self.records = ContainerRecords(db)
+
+    def container_dir(self, cid: str) -> Path:
+        return self.root / "containers" / cid
+
+    # --- create -----------------------------------------------------------------------------------------
+
+    def create(self, opts: RunOptions) -> Record:
+        """Resolve the image, write the container's files and record; nothing runs yet."""
+        image = self._images.resolve(opts.image)
+        layers = self._images.rootfs_layers(image)
+        cid = os.urandom(32).hex()
+        host_net = opts.network == "host"
+        hostname = opts.hostname or (etcfiles.host_hostname() if host_net else cid[:12])
+        cdir = self.container_dir(cid)
+        try:
+            # The container dir keeps others out; upper must be 0755 because the overlay root takes its mode
+            # from the upper dir, and a 0700 root would lock non-root users out of "/".
+            os.makedirs(cdir, mode=0o700)
+            for sub, mode in (("upper", 0o755), ("work", 0o700), ("merged", 0o755)):
+                os.mkdir(cdir / sub, mode)
+                os.chmod(cdir / sub, mode)
+            etc = etcfiles.write_etc_files(cdir, hostname, host_net)
+            self._prepare_volumes(opts)
+            spec = specgen.build_spec(opts, image.run_config, hostname, etc)
+            record = Record(
+                cid,
+                opts.name or "",
+                str(image.id),
+                opts.image,
+                time.time(),
+                config={
+                    "spec": spec,
+                    "layers": [str(p) for p in layers],
+                    "options": _options_dict(opts),
+                    "cgroup": _cgroup_paths(cid),
+                },
+            )
+            self._insert_with_name(record, opts.name)
+        except BaseException:
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+        return record
+
+    def _insert_with_name(self, record: Record, wanted: str | None) -> None:
+        if wanted:
+            _check_name(wanted)
+            self.records.insert(record)
+            return
+        for attempt in range(10):
+            record.name = random_name() + (f"{attempt}" if attempt else "")
+            try:
+                self.records.insert(record)
+                return
+            except Conflict:
+                continue
+        raise HutchError("could not find a free container name")
+
+    @staticmethod
+    def _prepare_volumes(opts: RunOptions) -> None:
+        """Docker creates a missing host directory for ``-v``; a missing file cannot be guessed."""
+        for vol in opts.volumes:
+            if not os.path.exists(vol.source):
+                os.makedirs(vol.source, mode=0o755)
+
+    # --- start / wait -----------------------------------------------------------------------------------
+
+    def start(self, record: Record, stdio: tuple[int, int, int], die_with_parent: bool) -> ContainerProcess:
+        """Create the cgroup and launch the init; the record says running once the command has exec'd."""
+        cgroup = _cgroup(record)
+        cgroup.create()
+        try:
+            proc = spawn(
+                record.config["spec"],
+                str(self.container_dir(record.id) / "merged"),
+                overlay=self._overlay(record),
+                cgroup=cgroup,
+                stdio=stdio,
+                die_with_parent=die_with_parent,
+            )
+        except BaseException:
+            cgroup.destroy()
+            raise
+        self.records.mark_running(record.id, proc.pid, process_start_time(proc.pid))
+        return proc
+
+    def _overlay(self, record: Record) -> OverlayRoot:
+        cdir = self.container_dir(record.id)
+        layers = [Path(p) for p in record.config["layers"]]
+        if not layers:
+            empty = cdir / "empty"
+            empty.mkdir(exist_ok=True)
+            lower, layers_dir = [str(empty)], str(cdir)
+        else:
+            layers_dir = str(layers[0].parent)
+            lower = [p.name if p.parent == layers[0].parent else str(p) for p in reversed(layers)]
+        return OverlayRoot(layers_dir, lower, str(cdir / "upper"), str(cdir / "work"))
+
+    def finish(self, record: Record, status: int) -> int:
+        """After the init exited: remove the cgroup, record the exit code, and honour ``--rm``."""
+        code = exit_code_of(status)
+        _cgroup(record).destroy()
+        current = self.records.get(record.id)
+        if current is None or current.state == "removing":
+            return code
+        self.records.mark_exited(record.id, code)
+        if record.config.get("options", {}).get("remove"):
+            self._delete(record.id)
+        return code
+
+    # --- list / remove ----------------------------------------------------------------------------------
+
+    def reconcile(self, record: Record) -> Record:
+        """A record marked running whose init is gone (its hutch or monitor was killed) becomes exited."""
+        if record.state != "running":
+            return record
+        if record.pid and process_start_time(record.pid) == record.pid_start:
+            return record
+        _cgroup(record).destroy()
+        self.records.mark_exited(record.id, 137 if record.exit_code is None else record.exit_code)
+        return self.records.get(record.id) or record
+
+    def list(self, include_stopped: bool) -> list[Record]:
+        records = [self.reconcile(r) for r in self.records.list()]
+        return [r for r in records if include_stopped or r.state == "running"]
+
+    def lookup(self, ref: str) -> Record:
+        return self.reconcile(self.records.lookup(ref))
+
+    def remove(self, ref: str, force: bool = False) -> str:
+        """``rm [-f]``: a running container is refused unless forced, then killed through its cgroup."""
+        record = self.lookup(ref)
+        if record.state == "running":
+            if not force:
+                raise Conflict(
+                    f"cannot remove container {record.name}: container is running: stop it"
+                    " first or use --force"
+                )
+            self.records.set_state(record.id, "removing")
+            self._kill_and_wait(record)
+        self._delete(record.id)
+        return record.name
+
+    def _kill_and_wait(self, record: Record, timeout: float = 10.0) -> None:
+        _cgroup(record).destroy(timeout)
+        deadline = time.monotonic() + timeout
+        while process_start_time(record.pid) == record.pid_start and time.monotonic() < deadline:
+            try:
+                os.kill(record.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+
+    def _delete(self, cid: str) -> None:
+        """Remove the container's files, then its record: a crash in between leaves a record to retry."""
+        cdir = self.container_dir(cid)
+        if cdir.exists():
+            trash = cdir.with_name(f".trash-{cid}")
+            os.rename(cdir, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        self.records.delete(cid)
+
+
+def _cgroup_paths(cid: str) -> dict[str, str]:
+    """Where the container's cgroups will be, fixed at create time: the default parent depends on the cgroup
+    of the hutch process that computes it, and a later ``hutch rm`` may run from somewhere else."""
+    from hutch.cgroups import open_manager
+
+    return {key: str(path) for key, path in open_manager(cid).paths().items()}
+
+
+def _cgroup(record: Record):
+    from hutch.cgroups import reopen
+
+    return reopen({key: Path(path) for key, path in record.config["cgroup"].items()})
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+        raise HutchError(f'invalid container name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+
+
+def _options_dict(opts: RunOptions) -> dict:
+    from dataclasses import asdict
+
+    return asdict(opts)

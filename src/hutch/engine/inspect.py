@@ -1,0 +1,100 @@
+"""``hutch inspect`` for containers, shaped like ``docker inspect`` so existing scripts can read it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hutch.engine.records import Record
+
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def _iso(ts: float | None) -> str:
+    if not ts:
+        return _ZERO_TIME
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _state(record: Record) -> dict:
+    status = {"created": "created", "running": "running", "exited": "exited", "removing": "removing"}
+    return {
+        "Status": status.get(record.state, record.state),
+        "Running": record.state == "running",
+        "Paused": False,
+        "Restarting": False,
+        "OOMKilled": False,
+        "Dead": False,
+        "Pid": record.pid if record.state == "running" else 0,
+        "ExitCode": record.exit_code or 0,
+        "Error": "",
+        "StartedAt": _iso(record.started),
+        "FinishedAt": _iso(record.finished),
+    }
+
+
+def _mounts(spec: dict) -> list[dict]:
+    result = []
+    for m in spec.get("mounts", []):
+        if m["type"] == "bind" and not m["destination"].startswith("/etc/"):
+            result.append(
+                {
+                    "Type": "bind",
+                    "Source": m["source"],
+                    "Destination": m["destination"],
+                    "Mode": "",
+                    "RW": "ro" not in m["options"],
+                    "Propagation": "rprivate",
+                }
+            )
+    return result
+
+
+def inspect_container(engine, record: Record) -> dict:
+    """The container as Docker's JSON, from its record and generated spec."""
+    spec = record.config["spec"]
+    opts = record.config.get("options", {})
+    process = spec["process"]
+    cdir = engine.container_dir(record.id)
+    return {
+        "Id": record.id,
+        "Created": _iso(record.created),
+        "Path": process["args"][0] if process["args"] else "",
+        "Args": process["args"][1:],
+        "State": _state(record),
+        "Image": record.image_id,
+        "Name": "/" + record.name,
+        "Driver": "overlay",
+        "HostnamePath": str(cdir / "hostname"),
+        "HostsPath": str(cdir / "hosts"),
+        "ResolvConfPath": str(cdir / "resolv.conf"),
+        "Mounts": _mounts(spec),
+        "Config": {
+            "Hostname": spec.get("hostname", ""),
+            "User": spec.get("annotations", {}).get("io.hutch.user", ""),
+            "Tty": process.get("terminal", False),
+            "OpenStdin": opts.get("interactive", False),
+            "Env": process.get("env", []),
+            "Cmd": opts.get("command") or None,
+            "Entrypoint": opts.get("entrypoint"),
+            "WorkingDir": process.get("cwd", "/"),
+            "Image": record.image_ref,
+        },
+        "HostConfig": {
+            "NetworkMode": opts.get("network", "none"),
+            "AutoRemove": opts.get("remove", False),
+            "ReadonlyRootfs": spec.get("root", {}).get("readonly", False),
+            "Binds": [
+                f"{v['source']}:{v['destination']}" + (":ro" if v["readonly"] else "")
+                for v in opts.get("volumes", [])
+            ],
+        },
+        "GraphDriver": {
+            "Name": "overlay",
+            "Data": {
+                "LowerDir": ":".join(reversed(record.config.get("layers", []))),
+                "UpperDir": str(cdir / "upper"),
+                "WorkDir": str(cdir / "work"),
+                "MergedDir": str(cdir / "merged"),
+            },
+        },
+    }

@@ -1,0 +1,76 @@
+"""Docker-style random container names (adjective_scientist), so users can refer to containers easily."""
+
+import os
+
+_ADJECTIVES = (
+    "admiring",
+    "bold",
+    "brave",
+    "busy",
+    "clever",
+    "cool",
+    "dazzling",
+    "eager",
+    "elegant",
+    "epic",
+    "focused",
+    "gallant",
+    "gifted",
+    "happy",
+    "hopeful",
+    "jolly",
+    "keen",
+    "kind",
+    "lucid",
+    "modest",
+    "nifty",
+    "optimistic",
+    "peaceful",
+    "quirky",
+    "relaxed",
+    "serene",
+    "sharp",
+    "stoic",
+    "tender",
+    "vibrant",
+    "wizardly",
+    "zealous",
+)
+_NAMES = (
+    "babbage",
+    "bell",
+    "curie",
+    "darwin",
+    "dijkstra",
+    "einstein",
+    "euclid",
+    "faraday",
+    "fermi",
+    "galileo",
+    "hopper",
+    "hypatia",
+    "kepler",
+    "knuth",
+    "lamarr",
+    "lovelace",
+    "mccarthy",
+    "meitner",
+    "newton",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "thompson",
+    "torvalds",
+    "turing",
+    "wozniak",
+    "yalow",
+    "hamilton",
+    "goldberg",
+)
+
+
+def random_name() -> str:
+    """A fresh ``adjective_name``; the caller retries on the (rare) clash with a suffix."""
+    raw = os.urandom(2)
+    return f"{_ADJECTIVES[raw[0] % len(_ADJECTIVES)]}_{_NAMES[raw[1] % len(_NAMES)]}"

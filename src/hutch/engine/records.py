@@ -1,0 +1,141 @@
+"""Container records in the state database: what exists, what state it is in, what it was made from.
+
+The record is the source of truth between hutch processes (there is no daemon); a process that finds a
+record marked running whose init has gone (hutch or its monitor was killed) reconciles it to exited.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from hutch.db import Database
+from hutch.errors import Conflict, InvalidArgument, NotFound
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    image_id TEXT NOT NULL,
+    image_ref TEXT NOT NULL,
+    created REAL NOT NULL,
+    state TEXT NOT NULL,
+    pid INTEGER NOT NULL DEFAULT 0,
+    pid_start TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    started REAL,
+    finished REAL,
+    config TEXT NOT NULL
+);
+"""
+STATES = ("created", "running", "exited", "removing")
+
+
+@dataclass
+class Record:
+    """One container; ``config`` holds the run options and the generated OCI spec."""
+
+    id: str
+    name: str
+    image_id: str
+    image_ref: str
+    created: float
+    state: str = "created"
+    pid: int = 0
+    pid_start: str = ""
+    exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    config: dict = field(default_factory=dict)
+
+
+class ContainerRecords:
+    """CRUD over the ``containers`` table; every change is one short transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure_schema("containers", _DDL)
+
+    def insert(self, record: Record) -> None:
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO containers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        record.id,
+                        record.name,
+                        record.image_id,
+                        record.image_ref,
+                        record.created,
+                        record.state,
+                        record.pid,
+                        record.pid_start,
+                        record.exit_code,
+                        record.started,
+                        record.finished,
+                        json.dumps(record.config),
+                    ),
+                )
+        except Exception as err:
+            if "UNIQUE" in str(err):
+                raise Conflict(f'the container name "/{record.name}" is already in use')
+            raise
+
+    def mark_running(self, cid: str, pid: int, pid_start: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE containers SET state='running', pid=?, pid_start=?, started=?, exit_code=NULL,"
+                " finished=NULL WHERE id=?",
+                (pid, pid_start, time.time(), cid),
+            )
+
+    def mark_exited(self, cid: str, exit_code: int) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE containers SET state='exited', pid=0, exit_code=?, finished=? WHERE id=?",
+                (exit_code, time.time(), cid),
+            )
+
+    def set_state(self, cid: str, state: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE containers SET state=? WHERE id=?", (state, cid))
+
+    def delete(self, cid: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM containers WHERE id=?", (cid,))
+
+    def get(self, cid: str) -> Record | None:
+        row = self.db.conn.execute("SELECT * FROM containers WHERE id=?", (cid,)).fetchone()
+        return _record(row) if row else None
+
+    def lookup(self, ref: str) -> Record:
+        """By full id, exact name, or unique id prefix, as Docker resolves container references."""
+        if not ref:
+            raise InvalidArgument("empty container name or id")
+        conn = self.db.conn
+        row = conn.execute("SELECT * FROM containers WHERE id=? OR name=?", (ref, ref.lstrip("/"))).fetchone()
+        if row:
+            return _record(row)
+        rows = conn.execute(
+            "SELECT * FROM containers WHERE id LIKE ? LIMIT 2", (ref.lower() + "%",)
+        ).fetchall()
+        if len(rows) > 1:
+            raise Conflict(f"multiple containers match {ref!r}: use more of the id")
+        if not rows:
+            raise NotFound(f"no such container: {ref}")
+        return _record(rows[0])
+
+    def list(self) -> list[Record]:
+        rows = self.db.conn.execute("SELECT * FROM containers ORDER BY created DESC").fetchall()
+        return [_record(row) for row in rows]
+
+    def using_image(self, image_id: str) -> list[str]:
+        rows = self.db.conn.execute("SELECT name FROM containers WHERE image_id=?", (image_id,)).fetchall()
+        return [row["name"] for row in rows]
+
+
+def _record(row) -> Record:
+    values = dict(row)
+    values["config"] = json.loads(values["config"])
+    return Record(**values)

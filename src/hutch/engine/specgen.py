@@ -1,0 +1,140 @@
+"""From an image config plus run options to an OCI runtime spec, with Docker's defaults.
+
+The spec is the one contract between the engine and an isolation backend: the namespace runtime reads it
+as runc would, and the microVM backend will read the same document.
+"""
+
+from __future__ import annotations
+
+from hutch.engine.options import RunOptions
+from hutch.runtime.capabilities import DOCKER_DEFAULT
+from hutch.runtime.init import USER_ANNOTATION
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Docker's masked and read-only paths (moby oci/defaults.go).
+MASKED_PATHS = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+_BASE_MOUNTS = [
+    {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+    {
+        "destination": "/dev",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+    },
+    {
+        "destination": "/dev/pts",
+        "type": "devpts",
+        "source": "devpts",
+        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+    },
+    {
+        "destination": "/sys",
+        "type": "sysfs",
+        "source": "sysfs",
+        "options": ["nosuid", "noexec", "nodev", "ro"],
+    },
+    {
+        "destination": "/dev/mqueue",
+        "type": "mqueue",
+        "source": "mqueue",
+        "options": ["nosuid", "noexec", "nodev"],
+    },
+    {
+        "destination": "/dev/shm",
+        "type": "tmpfs",
+        "source": "shm",
+        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
+    },
+]
+
+
+def command_line(opts: RunOptions, image_config: dict) -> list[str]:
+    """Entrypoint + Cmd as Docker combines them: ``--entrypoint`` also discards the image's Cmd."""
+    if opts.entrypoint is not None:
+        entrypoint = opts.entrypoint
+        cmd = opts.command
+    else:
+        entrypoint = image_config.get("Entrypoint") or []
+        cmd = opts.command or image_config.get("Cmd") or []
+    return list(entrypoint) + list(cmd)
+
+
+def environment(opts: RunOptions, image_config: dict, hostname: str) -> list[str]:
+    """Image Env, then PATH/HOSTNAME/TERM defaults, then ``-e`` overrides, in Docker's order."""
+    env: dict[str, str] = {}
+    for item in image_config.get("Env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["HOSTNAME"] = hostname
+    if opts.tty:
+        env.setdefault("TERM", "xterm")
+    for item in opts.env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _mounts(opts: RunOptions, etc_files: dict[str, str]) -> list[dict]:
+    mounts = [dict(m, options=list(m["options"])) for m in _BASE_MOUNTS]
+    for dest, source in etc_files.items():
+        mounts.append(
+            {"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate"]}
+        )
+    for vol in opts.volumes:
+        options = ["rbind", "rprivate"] + (["ro"] if vol.readonly else [])
+        mounts.append(
+            {"destination": vol.destination, "type": "bind", "source": vol.source, "options": options}
+        )
+    for tmp in opts.tmpfs:
+        options = tmp.options or ["rw", "noexec", "nosuid", "nodev", "size=65536k"]
+        mounts.append(
+            {"destination": tmp.destination, "type": "tmpfs", "source": "tmpfs", "options": options}
+        )
+    return mounts
+
+
+def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: dict[str, str]) -> dict:
+    """The complete runtime spec for one container."""
+    namespaces = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
+    if opts.network != "host":
+        namespaces.append({"type": "network"})
+    caps = list(DOCKER_DEFAULT)
+    user = opts.user if opts.user is not None else (image_config.get("User") or "")
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": opts.tty,
+            "user": {"uid": 0, "gid": 0},
+            "args": command_line(opts, image_config),
+            "env": environment(opts, image_config, hostname),
+            "cwd": opts.workdir or image_config.get("WorkingDir") or "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        },
+        "root": {"path": "rootfs", "readonly": opts.read_only},
+        "hostname": hostname,
+        "mounts": _mounts(opts, etc_files),
+        "annotations": {USER_ANNOTATION: user},
+        "linux": {
+            "namespaces": namespaces,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "rootfsPropagation": "rprivate",
+        },
+    }

@@ -1,0 +1,91 @@
+"""Pure logic of the engine: options parsing and the generated OCI spec."""
+
+import pytest
+
+from hutch.cli.format import duration, size
+from hutch.engine.options import (
+    RunOptions,
+    check_network,
+    parse_env,
+    parse_env_file,
+    parse_tmpfs,
+    parse_volume,
+)
+from hutch.engine.specgen import build_spec, command_line
+from hutch.errors import InvalidArgument
+
+IMAGE = {
+    "Entrypoint": ["/entry"],
+    "Cmd": ["default"],
+    "Env": ["PATH=/custom", "A=1"],
+    "WorkingDir": "/srv",
+    "User": "hutch",
+}
+
+
+def test_command_line_combines_entrypoint_and_cmd_like_docker():
+    assert command_line(RunOptions("x"), IMAGE) == ["/entry", "default"]
+    assert command_line(RunOptions("x", command=["other"]), IMAGE) == ["/entry", "other"]
+    # --entrypoint discards the image's Cmd too
+    assert command_line(RunOptions("x", entrypoint=["/bin/sh"]), IMAGE) == ["/bin/sh"]
+    assert command_line(RunOptions("x", entrypoint=[], command=["ls"]), IMAGE) == ["ls"]
+
+
+def test_spec_env_order_and_defaults():
+    spec = build_spec(RunOptions("x", env=["A=2", "B=3"], tty=True), IMAGE, "host1", {})
+    env = spec["process"]["env"]
+    assert env == ["PATH=/custom", "A=2", "HOSTNAME=host1", "TERM=xterm", "B=3"]
+
+
+def test_spec_defaults_match_docker():
+    spec = build_spec(RunOptions("x"), {}, "h", {"/etc/hosts": "/x/hosts"})
+    assert spec["process"]["cwd"] == "/"
+    assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in spec["process"]["env"]
+    assert {ns["type"] for ns in spec["linux"]["namespaces"]} == {"pid", "mount", "uts", "ipc", "network"}
+    assert "/proc/kcore" in spec["linux"]["maskedPaths"]
+    assert "/proc/sys" in spec["linux"]["readonlyPaths"]
+    dests = [m["destination"] for m in spec["mounts"]]
+    assert dests[:4] == ["/proc", "/dev", "/dev/pts", "/sys"]
+    assert "/etc/hosts" in dests
+
+
+def test_host_network_keeps_host_netns_and_user_override():
+    spec = build_spec(RunOptions("x", network="host", user="0", workdir="/tmp"), IMAGE, "h", {})
+    assert "network" not in {ns["type"] for ns in spec["linux"]["namespaces"]}
+    assert spec["annotations"]["io.hutch.user"] == "0"
+    assert spec["process"]["cwd"] == "/tmp"
+
+
+def test_volume_parsing():
+    vol = parse_volume("/data:/mnt:ro")
+    assert (vol.source, vol.destination, vol.readonly) == ("/data", "/mnt", True)
+    for bad in ("/data", "relative:/mnt", "/a:rel", "/a:/b:rx", "/a:/b:ro,rw"):
+        with pytest.raises(InvalidArgument, match="invalid volume"):
+            parse_volume(bad)
+
+
+def test_tmpfs_and_env_parsing(tmp_path, monkeypatch):
+    assert parse_tmpfs("/run:size=1m,mode=700").options == ["size=1m", "mode=700"]
+    monkeypatch.setenv("FROM_HOST", "yes")
+    monkeypatch.delenv("UNSET_ONE", raising=False)
+    assert parse_env(["A=1", "FROM_HOST", "UNSET_ONE"]) == ["A=1", "FROM_HOST=yes"]
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\n\nX=1\nFROM_HOST\n")
+    assert parse_env_file(str(env_file)) == ["X=1", "FROM_HOST=yes"]
+    env_file.write_text("BAD KEY=1\n")
+    with pytest.raises(InvalidArgument, match="env:1"):
+        parse_env_file(str(env_file))
+
+
+def test_network_modes():
+    assert check_network("host") == "host"
+    with pytest.raises(InvalidArgument, match="not found"):
+        check_network("mynet")
+
+
+def test_human_formats():
+    assert duration(0.5) == "Less than a second"
+    assert duration(90) == "About a minute"
+    assert duration(7200) == "2 hours"
+    assert size(1_234_567) == "1.23MB"
+    assert size(999) == "999B"
