@@ -231,6 +231,4 @@ def _check_name(name: str) -> None:
 
 
 def _options_dict(opts: RunOptions) -> dict:
-    from dataclasses import asdict
-
-    return asdict(opts)
+    return opts.to_dict()

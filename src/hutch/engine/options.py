@@ -3,48 +3,81 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from hutch.errors import InvalidArgument
 
 
-@dataclass
 class VolumeSpec:
     """A ``-v HOST:CTR[:ro]`` bind mount."""
 
-    source: str
-    destination: str
-    readonly: bool = False
+    __slots__ = ("source", "destination", "readonly")
+
+    def __init__(self, source: str, destination: str, readonly: bool = False) -> None:
+        self.source = source
+        self.destination = destination
+        self.readonly = readonly
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "destination": self.destination, "readonly": self.readonly}
 
 
-@dataclass
 class TmpfsSpec:
     """A ``--tmpfs PATH[:OPTIONS]`` mount."""
 
-    destination: str
-    options: list[str] = field(default_factory=list)
+    __slots__ = ("destination", "options")
+
+    def __init__(self, destination: str, options: list[str] | None = None) -> None:
+        self.destination = destination
+        self.options = options or []
+
+    def to_dict(self) -> dict:
+        return {"destination": self.destination, "options": self.options}
 
 
-@dataclass
 class RunOptions:
-    """The container's configuration as the user gave it; image defaults are merged in by ``specgen``."""
+    """The container's configuration as the user gave it; image defaults are merged in by ``specgen``.
 
-    image: str
-    command: list[str] = field(default_factory=list)
-    name: str | None = None
-    entrypoint: list[str] | None = None
-    env: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    user: str | None = None
-    hostname: str | None = None
-    volumes: list[VolumeSpec] = field(default_factory=list)
-    tmpfs: list[TmpfsSpec] = field(default_factory=list)
-    read_only: bool = False
-    network: str = "none"
-    interactive: bool = False
-    tty: bool = False
-    remove: bool = False
-    detach: bool = False
+    A plain class rather than a dataclass: the dataclasses module costs ~20 ms to import and build, and this
+    is on the path of every ``hutch run``.
+    """
+
+    _DEFAULTS: dict = {
+        "command": list,
+        "name": None,
+        "entrypoint": None,
+        "env": list,
+        "workdir": None,
+        "user": None,
+        "hostname": None,
+        "volumes": list,
+        "tmpfs": list,
+        "read_only": False,
+        "network": "none",
+        "interactive": False,
+        "tty": False,
+        "remove": False,
+        "detach": False,
+    }
+    __slots__ = ("image", *_DEFAULTS)
+
+    def __init__(self, image: str, **values) -> None:
+        unknown = set(values) - set(self._DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown run options: {sorted(unknown)}")
+        self.image = image
+        for key, default in self._DEFAULTS.items():
+            value = values[key] if key in values else (default() if default is list else default)
+            setattr(self, key, value)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form stored in the container's record."""
+        result = {"image": self.image}
+        for key in self._DEFAULTS:
+            value = getattr(self, key)
+            if key in ("volumes", "tmpfs"):
+                value = [item.to_dict() for item in value]
+            result[key] = value
+        return result
 
 
 def parse_volume(text: str) -> VolumeSpec:

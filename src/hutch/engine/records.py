@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 
 from hutch.db import Database
 from hutch.errors import Conflict, InvalidArgument, NotFound
@@ -32,22 +31,51 @@ CREATE TABLE IF NOT EXISTS containers (
 STATES = ("created", "running", "exited", "removing")
 
 
-@dataclass
 class Record:
     """One container; ``config`` holds the run options and the generated OCI spec."""
 
-    id: str
-    name: str
-    image_id: str
-    image_ref: str
-    created: float
-    state: str = "created"
-    pid: int = 0
-    pid_start: str = ""
-    exit_code: int | None = None
-    started: float | None = None
-    finished: float | None = None
-    config: dict = field(default_factory=dict)
+    __slots__ = (
+        "id",
+        "name",
+        "image_id",
+        "image_ref",
+        "created",
+        "state",
+        "pid",
+        "pid_start",
+        "exit_code",
+        "started",
+        "finished",
+        "config",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        image_id: str,
+        image_ref: str,
+        created: float,
+        state: str = "created",
+        pid: int = 0,
+        pid_start: str = "",
+        exit_code: int | None = None,
+        started: float | None = None,
+        finished: float | None = None,
+        config: dict | None = None,
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.image_id = image_id
+        self.image_ref = image_ref
+        self.created = created
+        self.state = state
+        self.pid = pid
+        self.pid_start = pid_start
+        self.exit_code = exit_code
+        self.started = started
+        self.finished = finished
+        self.config = config or {}
 
 
 class ContainerRecords:

@@ -147,6 +147,16 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(result, f"capset(eff={effective:#x}, prm={permitted:#x}, inh={inheritable:#x})")
 
 
+AF_INET = 2
+SOCK_DGRAM = 2
+SOCK_CLOEXEC = 0o2000000
+
+
+def socket(domain: int, kind: int, protocol: int = 0) -> int:
+    """socket(2) returning a bare fd: enough for an ioctl, without importing the socket module."""
+    return _check(_libc.socket(domain, kind, protocol), f"socket({domain}, {kind:#x}, {protocol})")
+
+
 def last_cap() -> int:
     """Highest capability number the running kernel knows."""
     with open("/proc/sys/kernel/cap_last_cap") as f:

@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
-from typing import BinaryIO
 
 from hutch.errors import CorruptContent, InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import hashlib
+    from typing import BinaryIO
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 
 
-@dataclass(frozen=True, order=True)
-class Digest:
-    """A validated digest; only algorithms we can verify are accepted, so nothing unverifiable is stored."""
+def _hashlib():
+    # hashlib loads OpenSSL (~5 ms); `hutch run` resolves images by stored digests and never hashes.
+    import hashlib
 
-    algorithm: str
-    hex: str
+    return hashlib
+
+
+class Digest:
+    """A validated digest; only algorithms we can verify are accepted, so nothing unverifiable is stored.
+
+    Immutable, hashable and ordered by (algorithm, hex); a plain class because dataclasses cost start-up time.
+    """
+
+    __slots__ = ("algorithm", "hex")
+
+    def __init__(self, algorithm: str, hex: str) -> None:
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "hex", hex)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Digest is immutable")
+
+    def _key(self) -> tuple[str, str]:
+        return (self.algorithm, self.hex)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Digest) and self._key() == other._key()
+
+    def __lt__(self, other: Digest) -> bool:
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Digest({self.algorithm!r}, {self.hex!r})"
 
     @classmethod
     def parse(cls, text: str) -> Digest:
@@ -37,15 +69,15 @@ class Digest:
     @classmethod
     def of_bytes(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         """Digest of an in-memory blob."""
-        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+        return cls(algorithm, _hashlib().new(algorithm, data).hexdigest())
 
     def hasher(self) -> hashlib._Hash:
         """A fresh hash object of this digest's algorithm."""
-        return hashlib.new(self.algorithm)
+        return _hashlib().new(self.algorithm)
 
     def verify_bytes(self, data: bytes, what: str = "content") -> None:
         """Raise CorruptContent unless ``data`` hashes to this digest."""
-        actual = hashlib.new(self.algorithm, data).hexdigest()
+        actual = _hashlib().new(self.algorithm, data).hexdigest()
         if actual != self.hex:
             raise CorruptContent(f"{what}: digest mismatch: expected {self}, got {self.algorithm}:{actual}")
 
@@ -66,7 +98,7 @@ class HashingReader:
 
     def __init__(self, stream: BinaryIO, algorithm: str = "sha256") -> None:
         self._stream = stream
-        self._hash = hashlib.new(algorithm)
+        self._hash = _hashlib().new(algorithm)
         self.algorithm = algorithm
         self.size = 0
 

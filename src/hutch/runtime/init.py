@@ -13,10 +13,8 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import struct
 import termios
-from dataclasses import dataclass
 
 from hutch.linux import syscalls as sc
 from hutch.runtime import capabilities, rootfs
@@ -51,18 +49,39 @@ _RESET_SIGNALS = (
 )
 
 
-@dataclass
 class InitArgs:
     """What the parent hands the init process across fork."""
 
-    spec: dict
-    rootfs: str
-    overlay: rootfs.OverlayRoot | None
-    cgroup: object | None
-    error_fd: int
-    console_socket: socket.socket | None
-    stdio: tuple[int, int, int]
-    die_with_parent: bool
+    __slots__ = (
+        "spec",
+        "rootfs",
+        "overlay",
+        "cgroup",
+        "error_fd",
+        "console_socket",
+        "stdio",
+        "die_with_parent",
+    )
+
+    def __init__(
+        self,
+        spec: dict,
+        rootfs: str,
+        overlay: rootfs.OverlayRoot | None,
+        cgroup: object | None,
+        error_fd: int,
+        console_socket: object | None,
+        stdio: tuple[int, int, int],
+        die_with_parent: bool,
+    ) -> None:
+        self.spec = spec
+        self.rootfs = rootfs
+        self.overlay = overlay
+        self.cgroup = cgroup
+        self.error_fd = error_fd
+        self.console_socket = console_socket
+        self.stdio = stdio
+        self.die_with_parent = die_with_parent
 
 
 class InitError(Exception):
@@ -158,8 +177,11 @@ def _loopback_up() -> None:
     SIOCSIFFLAGS on any socket in the namespace is enough; no netlink library is needed for one flag.
     """
     ifreq = struct.pack("16sH14x", b"lo", _IFF_UP | _IFF_LOOPBACK | _IFF_RUNNING)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, ifreq)
+    fd = sc.socket(sc.AF_INET, sc.SOCK_DGRAM | sc.SOCK_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _SIOCSIFFLAGS, ifreq)
+    finally:
+        os.close(fd)
 
 
 def _build_rootfs(args: InitArgs) -> None:
@@ -177,7 +199,7 @@ def _build_rootfs(args: InitArgs) -> None:
         rootfs.remount_root_readonly()
 
 
-def _attach_console(sock: socket.socket | None) -> None:
+def _attach_console(sock) -> None:
     """Open a pty from the container's own devpts, hand the master to the parent, make the slave our tty.
 
     why inside the container: a pty from the host's devpts would show host paths and let the container reach
@@ -188,7 +210,8 @@ def _attach_console(sock: socket.socket | None) -> None:
     slave_name = _ptsname(master)
     slave = os.open(slave_name, os.O_RDWR | os.O_NOCTTY)
     if sock is not None:
-        socket.send_fds(sock, [b"console"], [master])
+        # SCM_RIGHTS by hand (SOL_SOCKET = SCM_RIGHTS = 1): the socket module is not imported on this path.
+        sock.sendmsg([b"console"], [(1, 1, struct.pack("i", master))])
         sock.close()
     os.close(master)
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from hutch.errors import InvalidArgument
 from hutch.linux import syscalls as sc
 
@@ -48,13 +46,15 @@ _PROPAGATION = {
 }
 
 
-@dataclass
 class MountOptions:
     """Parsed options: ``flags`` for mount(2), ``propagation`` applied by a second call, ``data`` as-is."""
 
-    flags: int = 0
-    propagation: list[int] = field(default_factory=list)
-    data: list[str] = field(default_factory=list)
+    __slots__ = ("flags", "propagation", "data")
+
+    def __init__(self) -> None:
+        self.flags = 0
+        self.propagation: list[int] = []
+        self.data: list[str] = []
 
     @property
     def is_bind(self) -> bool:

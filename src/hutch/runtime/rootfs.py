@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from hutch.linux import syscalls as sc
 from hutch.runtime.mountopts import parse_mount_options
 from hutch.runtime.paths import secure_join
 
 
-@dataclass
 class OverlayRoot:
     """An overlayfs root: read-only layer dirs (names relative to ``layers_dir``, top first) and the writable
     per-container upper and work dirs."""
 
-    layers_dir: str
-    lower: list[str]
-    upper: str
-    work: str
+    __slots__ = ("layers_dir", "lower", "upper", "work")
+
+    def __init__(self, layers_dir: str, lower: list[str], upper: str, work: str) -> None:
+        self.layers_dir = layers_dir
+        self.lower = lower
+        self.upper = upper
+        self.work = work
 
 
 # (name, type, major, minor): the devices every container gets (OCI runtime spec "Default Devices").

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 from hutch.errors import CommandNotExecutable, CommandNotFound, HutchError
 from hutch.linux import syscalls as sc
@@ -19,12 +18,14 @@ from hutch.runtime import init
 from hutch.runtime.rootfs import OverlayRoot
 
 
-@dataclass
 class ContainerProcess:
     """The running init process as the caller sees it; ``console`` is the pty master with ``terminal``."""
 
-    pid: int
-    console: int | None = None
+    __slots__ = ("pid", "console")
+
+    def __init__(self, pid: int, console: int | None = None) -> None:
+        self.pid = pid
+        self.console = console
 
 
 def spawn(

@@ -6,19 +6,19 @@ The lookup runs inside the container after pivot_root, so it reads the files the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from hutch.errors import HutchError
 
 
-@dataclass
 class ExecUser:
     """Numeric identity of the container process."""
 
-    uid: int
-    gid: int
-    groups: list[int] = field(default_factory=list)
-    home: str = "/"
+    __slots__ = ("uid", "gid", "groups", "home")
+
+    def __init__(self, uid: int, gid: int, groups: list[int] | None = None, home: str = "/") -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups or []
+        self.home = home
 
 
 def _parse(text: str, min_fields: int) -> list[list[str]]:
