@@ -314,3 +314,47 @@ def _read_until(fd, needle: bytes, timeout: float = 20) -> bytes:
     if needle:
         raise AssertionError(f"{needle!r} not seen in {data!r}")
     return data
+
+
+def test_image_config_is_honoured_and_flags_override_it(hutch, busybox_tar):
+    hutch.ok(
+        "import",
+        "-c",
+        'ENTRYPOINT ["/bin/sh", "-c"]',
+        "-c",
+        'CMD ["echo $GREETING from $(pwd) as $(id -un)"]',
+        "-c",
+        "ENV GREETING=hello",
+        "-c",
+        "WORKDIR /tmp",
+        "-c",
+        "USER hutch",
+        str(busybox_tar),
+        "configured",
+    )
+    assert hutch.ok("run", "--rm", "configured") == "hello from /tmp as hutch\n"
+    assert (
+        hutch.ok(
+            "run",
+            "--rm",
+            "-e",
+            "GREETING=hi",
+            "-w",
+            "/",
+            "-u",
+            "root",
+            "configured",
+            "echo $GREETING from $(pwd) as $(id -un)",
+        )
+        == "hi from / as root\n"
+    )
+    assert hutch.ok("run", "--rm", "--entrypoint", "/bin/echo", "configured", "plain") == "plain\n"
+
+
+def test_corrupt_tarball_import_is_one_line_and_changes_nothing(hutch, busybox, tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + b"not really gzip" * 10)
+    before = hutch.ok("images", "-q")
+    result = hutch("import", str(bad), "broken")
+    assert result.code == 125 and len(result.err.strip().splitlines()) == 1
+    assert hutch.ok("images", "-q") == before

@@ -89,3 +89,21 @@ def test_human_formats():
     assert duration(7200) == "2 hours"
     assert size(1_234_567) == "1.23MB"
     assert size(999) == "999B"
+
+
+def test_command_word_found_after_global_options():
+    from hutch.cli.main import command_of
+
+    assert command_of(["--root", "/x", "--debug", "run", "-it", "busybox"]) == "run"
+    assert command_of(["images"]) == "images"
+    assert command_of(["--help"]) is None
+    assert command_of(["frobnicate"]) is None
+
+
+def test_parser_with_one_command_parses_like_the_full_one():
+    from hutch.cli.main import build_parser
+
+    argv = ["--root", "/x", "run", "--rm", "-e", "A=1", "-h", "box", "busybox", "sh", "-c", "echo hi"]
+    small, full = build_parser("run").parse_args(argv), build_parser().parse_args(argv)
+    assert vars(small) == vars(full)
+    assert small.hostname == "box" and small.command == ["sh", "-c", "echo hi"]

@@ -11,12 +11,25 @@ import sys
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the container commands to the top-level parser."""
-    _add_run(sub.add_parser("run", help="run a command in a new container", conflict_handler="resolve"))
-    _add_ps(sub.add_parser("ps", help="list containers"))
-    _add_rm(sub.add_parser("rm", help="remove containers"))
-    _add_inspect(sub.add_parser("inspect", help="show low-level information on containers or images"))
+def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
+    """Add the container commands to the top-level parser (just ``only`` when given)."""
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    if wanted("run"):
+        _add_run(sub.add_parser("run", help="run a command in a new container", conflict_handler="resolve"))
+    if wanted("ps"):
+        _add_ps(sub.add_parser("ps", help="list containers"))
+    if wanted("rm"):
+        _add_rm(sub.add_parser("rm", help="remove containers"))
+    if wanted("inspect"):
+        _add_inspect(sub.add_parser("inspect", help="show low-level information on containers or images"))
+    if wanted("container"):
+        _register_container_group(sub)
+
+
+def _register_container_group(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("container", help="manage containers").add_subparsers(
         dest="container_command", metavar="COMMAND"
     )

@@ -12,14 +12,29 @@ import sys
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the image commands at the top level and under ``hutch image``."""
-    _add_images(sub.add_parser("images", help="list images"))
-    _add_import(sub.add_parser("import", help="create an image from a root filesystem tarball"))
-    _add_load(sub.add_parser("load", help="load images from a docker-archive or OCI tarball"))
-    _add_save(sub.add_parser("save", help="save images to a docker-archive tarball"))
-    _add_tag(sub.add_parser("tag", help="give an image another name"))
-    _add_rmi(sub.add_parser("rmi", help="remove images"))
+def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
+    """Add the image commands at the top level and under ``hutch image`` (just ``only`` when given)."""
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    if wanted("images"):
+        _add_images(sub.add_parser("images", help="list images"))
+    if wanted("import"):
+        _add_import(sub.add_parser("import", help="create an image from a root filesystem tarball"))
+    if wanted("load"):
+        _add_load(sub.add_parser("load", help="load images from a docker-archive or OCI tarball"))
+    if wanted("save"):
+        _add_save(sub.add_parser("save", help="save images to a docker-archive tarball"))
+    if wanted("tag"):
+        _add_tag(sub.add_parser("tag", help="give an image another name"))
+    if wanted("rmi"):
+        _add_rmi(sub.add_parser("rmi", help="remove images"))
+    if wanted("image"):
+        _register_image_group(sub)
+
+
+def _register_image_group(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("image", help="manage images").add_subparsers(
         dest="image_command", metavar="COMMAND"
     )
