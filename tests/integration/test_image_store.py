@@ -18,7 +18,9 @@ import pytest
 
 from hutch.db import Database
 from hutch.errors import Conflict, CorruptContent, InvalidArgument, NotFound
+from hutch.image.adding import ImageAdder
 from hutch.image.importer import import_tarball, parse_changes
+from hutch.image.layers import LayerDirs
 from hutch.image.store import ImageStore
 from hutch.oci import image as oci
 from hutch.oci.digest import Digest, chain_ids
@@ -147,7 +149,7 @@ def test_rootfs_layers_is_one_query_when_unpacked(store, monkeypatch):
     def no_unpacking(*_args):
         raise AssertionError("unpacked again")
 
-    monkeypatch.setattr(ImageStore, "_unpack_layer", no_unpacking)
+    monkeypatch.setattr(LayerDirs, "unpack", no_unpacking)
     statements = []
     store.db.conn.set_trace_callback(statements.append)
     assert store.rootfs_layers(image) == expected
@@ -171,7 +173,7 @@ def test_lazy_unpack_on_first_rootfs_layers(store):
 
 def _unpack_in_child(root: str, ref: str, log: str, barrier) -> None:
     store = make_store(Path(root))
-    real_extract = ImageStore._extract
+    real_extract = LayerDirs._extract
 
     def logged_extract(self, layer, dest):
         with open(log, "a") as f:
@@ -179,7 +181,7 @@ def _unpack_in_child(root: str, ref: str, log: str, barrier) -> None:
         time.sleep(0.2)  # widen the window in which the other process could start the same layer
         return real_extract(self, layer, dest)
 
-    ImageStore._extract = logged_extract
+    LayerDirs._extract = logged_extract
     barrier.wait()
     paths = store.rootfs_layers(store.resolve(ref))
     with open(log, "a") as f:
@@ -269,14 +271,14 @@ def test_bad_documents_are_refused_before_anything_is_stored(store):
 def test_failed_database_commit_leaves_store_unchanged(store, monkeypatch):
     add_layered(store, [BASE], ["base"])
     before = snapshot(store)
-    real_insert = ImageStore._insert_layer
+    real_insert = ImageAdder._insert_layer
 
     def failing(self, conn, image_id, pos, *args):
         if pos == 1:
             raise sqlite3.OperationalError("disk I/O error")
         return real_insert(self, conn, image_id, pos, *args)
 
-    monkeypatch.setattr(ImageStore, "_insert_layer", failing)
+    monkeypatch.setattr(ImageAdder, "_insert_layer", failing)
     with pytest.raises(sqlite3.OperationalError):
         add_layered(store, [BASE, APP_A], ["app"])
     assert snapshot(store) == before

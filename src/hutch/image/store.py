@@ -18,22 +18,23 @@ transaction that stopped referencing them has committed (a crash leaks, never br
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple  # typing is loaded anyway by NamedTuple users
 
 from hutch.db import Database
-from hutch.errors import Conflict, CorruptContent, InvalidArgument, NotFound
+from hutch.errors import Conflict, InvalidArgument, NotFound
 from hutch.image.blobs import BlobStore
 from hutch.oci import image as oci
 from hutch.oci import reference
-from hutch.oci.digest import Digest, HashingReader, chain_ids
+from hutch.oci.digest import Digest, chain_ids
+
+if TYPE_CHECKING:
+    from hutch.image.gc import Collector
+    from hutch.image.layers import LayerDirs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -80,20 +81,56 @@ def _never_in_use(_image_id: str) -> list[str]:
     return []
 
 
-@dataclass
 class Image:
-    """An image as the engine sees it; ``id`` is the config digest, ``names`` are familiar tags."""
+    """An image as the engine sees it; ``id`` is the config digest, ``names`` are familiar tags.
 
-    id: Digest
-    manifest_digest: Digest
-    names: list[str]
-    config: dict[str, Any]
-    created: str
-    size: int
-    diff_ids: list[Digest]
-    digests: list[str] = field(default_factory=list)
-    manifest_media_type: str = oci.OCI_MANIFEST
-    added: float = 0.0
+    A plain class: the dataclasses module costs ~15 ms of every ``hutch run`` to import.
+    """
+
+    __slots__ = (
+        "id",
+        "manifest_digest",
+        "names",
+        "config",
+        "created",
+        "size",
+        "diff_ids",
+        "digests",
+        "manifest_media_type",
+        "added",
+    )
+
+    def __init__(
+        self,
+        id: Digest,
+        manifest_digest: Digest,
+        names: list[str],
+        config: dict[str, Any],
+        created: str,
+        size: int,
+        diff_ids: list[Digest],
+        digests: list[str] | None = None,
+        manifest_media_type: str = oci.OCI_MANIFEST,
+        added: float = 0.0,
+    ) -> None:
+        self.id = id
+        self.manifest_digest = manifest_digest
+        self.names = names
+        self.config = config
+        self.created = created
+        self.size = size
+        self.diff_ids = diff_ids
+        self.digests = digests if digests is not None else []
+        self.manifest_media_type = manifest_media_type
+        self.added = added
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Image) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"Image(id={self.id!s}, names={self.names!r})"
 
     @property
     def run_config(self) -> dict[str, Any]:
@@ -108,21 +145,6 @@ class NewImage(NamedTuple):
     config: bytes
     names: Sequence[str] = ()
     media_type: str | None = None
-
-
-class _Layer(NamedTuple):
-    chain_id: Digest
-    diff_id: Digest
-    blob: oci.Descriptor
-
-
-class _Prepared(NamedTuple):
-    manifest_digest: Digest
-    manifest_size: int
-    manifest: oci.Manifest
-    config: dict[str, Any]
-    layers: list[_Layer]
-    refs: list[reference.Reference]
 
 
 class Ingest:
@@ -167,31 +189,32 @@ class ImageStore:
         self.layers_dir = root / "layers"
         db.ensure_schema("image", SCHEMA)
 
-    @contextmanager
-    def _lock(self, name: str, op: int) -> Iterator[None]:
-        """flock on ``layers/<name>``. The store lock ``.lock`` is taken shared by writers and unpackers
-        (Linux grants a shared flock even with an exclusive one queued, so nesting it cannot deadlock) and
-        exclusive by garbage collection; ``.locks/<chain hex>`` serialises the unpacking of one layer."""
-        path = self.layers_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, op)
-            yield
-        finally:
-            os.close(fd)
+    # Unpacking, adding and collecting live in their own modules, imported on first use: a ``hutch run``
+    # whose layers are unpacked needs none of them (``rootfs_layers`` is one query).
+
+    @cached_property
+    def _layers(self) -> LayerDirs:
+        from hutch.image.layers import LayerDirs
+
+        return LayerDirs(self.layers_dir, self.db, self.blobs)
+
+    @cached_property
+    def _gc(self) -> Collector:
+        from hutch.image.gc import Collector
+
+        return Collector(self.db, self.blobs, self._layers)
 
     # ----- adding ------------------------------------------------------------------------------------
 
     @contextmanager
     def ingest(self) -> Iterator[Ingest]:
         """``with store.ingest() as ing:`` write blobs, then ``add_image``; unused ones go at exit."""
-        with self._lock(".lock", fcntl.LOCK_SH):
+        with self._layers.store_lock():
             ing = Ingest(self.blobs)
             try:
                 yield ing
             finally:
-                self._discard_unreferenced(ing.touched)
+                self._gc.discard_unreferenced(ing.touched)
 
     def add_image(
         self,
@@ -211,93 +234,11 @@ class ImageStore:
         With ``unpack`` each layer's blob digest and diff ID are checked now (a corrupt layer fails here,
         leaving the store unchanged); without it they are checked by the first ``rootfs_layers``.
         """
+        from hutch.image.adding import ImageAdder
+
         with self.ingest() as ing:
-            prepared = [self._prepare(item, ing) for item in items]
-            created: list[Digest] = []
-            try:
-                sizes = self._unpack_all(prepared, created) if unpack else {}
-                with self.db.transaction() as conn:
-                    for p in prepared:
-                        self._insert(conn, p, sizes)
-            except BaseException:
-                self._remove_orphan_dirs(created)
-                raise
-        return [self._load(str(p.manifest.config.digest)) for p in prepared]
-
-    def _prepare(self, item: NewImage, ing: Ingest) -> _Prepared:
-        """Parse and cross-check manifest and config; store both blobs."""
-        manifest = oci.parse_manifest(item.manifest, item.media_type)
-        manifest.config.digest.verify_bytes(item.config, "image config")
-        config = oci.parse_image_config(item.config)
-        diff_ids = oci.config_diff_ids(config)
-        if len(diff_ids) != len(manifest.layers) or manifest.config.size != len(item.config):
-            raise CorruptContent(f"image {manifest.config.digest}: manifest and config do not agree")
-        for blob in manifest.layers:
-            self._check_blob(blob)
-        layers = list(map(_Layer, chain_ids(diff_ids), diff_ids, manifest.layers))
-        refs = [reference.normalize(n) for n in item.names]
-        manifest_digest = ing.put_bytes(item.manifest)
-        ing.put_bytes(item.config, manifest.config.digest)
-        return _Prepared(manifest_digest, len(item.manifest), manifest, config, layers, refs)
-
-    def _check_blob(self, blob: oci.Descriptor) -> None:
-        if not self.blobs.has(blob.digest) or self.blobs.size(blob.digest) != blob.size:
-            raise CorruptContent(f"blob {blob.digest} is missing from the store or has the wrong size")
-
-    def _unpack_all(self, prepared: list[_Prepared], created: list[Digest]) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for p in prepared:
-            for layer in p.layers:
-                made, size = self._unpack_layer(layer)
-                if made:
-                    created.append(layer.chain_id)
-                if size is not None:
-                    sizes[str(layer.chain_id)] = size
-        return sizes
-
-    def _insert(self, conn, p: _Prepared, sizes: dict[str, int]) -> None:
-        """Record one image; blobs are checked inside the transaction so a concurrent discard cannot win."""
-        for blob in (p.manifest.config, *p.manifest.layers):
-            self._check_blob(blob)
-        image_id, now, created = (
-            str(p.manifest.config.digest),
-            time.time(),
-            str(p.config.get("created") or ""),
-        )
-        row = (
-            image_id,
-            str(p.manifest_digest),
-            p.manifest.media_type,
-            p.manifest_size,
-            p.manifest.config.size,
-        )
-        cur = conn.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)", (*row, created, now))
-        if cur.rowcount:
-            parent = None
-            for pos, layer in enumerate(p.layers):
-                self._insert_layer(conn, image_id, pos, layer, parent, sizes)
-                parent = str(layer.chain_id)
-        for ref in p.refs:
-            kind = "digest" if ref.digest is not None else "tag"
-            name = f"{ref.name}@{ref.digest}" if ref.digest is not None else str(ref)
-            conn.execute(
-                "INSERT INTO image_refs VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
-                "SET image_id = excluded.image_id, added = excluded.added",
-                (name, image_id, kind, now),
-            )
-
-    def _insert_layer(self, conn, image_id: str, pos: int, layer: _Layer, parent: str | None, sizes) -> None:
-        chain = str(layer.chain_id)
-        unpacked = chain in sizes or (self.layers_dir / layer.chain_id.hex).is_dir()
-        conn.execute(
-            "INSERT INTO layers VALUES (?, ?, ?, ?, ?) ON CONFLICT(chain_id) DO UPDATE SET unpacked = "
-            "max(unpacked, excluded.unpacked), diff_size = coalesce(diff_size, excluded.diff_size)",
-            (chain, str(layer.diff_id), parent, sizes.get(chain), int(unpacked)),
-        )
-        conn.execute(
-            "INSERT INTO image_layers VALUES (?, ?, ?, ?, ?, ?)",
-            (image_id, pos, chain, str(layer.blob.digest), layer.blob.media_type, layer.blob.size),
-        )
+            image_ids = ImageAdder(self.db, self.blobs, self._layers).add(items, ing, unpack)
+        return [self._load(image_id) for image_id in image_ids]
 
     # ----- unpacking ---------------------------------------------------------------------------------
 
@@ -315,72 +256,8 @@ class ImageStore:
             raise NotFound(f"image {image.id.short} was removed")
         paths = [self.layers_dir / chain.partition(":")[2] for chain, _ in rows]
         if not all(unpacked for _, unpacked in rows):
-            self._unpack_missing(str(image.id))
+            self._layers.unpack_missing(str(image.id))
         return paths
-
-    def _unpack_missing(self, image_id: str) -> None:
-        with self._lock(".lock", fcntl.LOCK_SH):
-            rows = self.db.conn.execute(
-                "SELECT il.chain_id, l.diff_id, il.blob_digest, il.media_type, il.blob_size "
-                "FROM image_layers il JOIN layers l ON l.chain_id = il.chain_id "
-                "WHERE il.image_id = ? AND l.unpacked = 0 "
-                "ORDER BY il.position",
-                (image_id,),
-            ).fetchall()
-            for chain, diff_id, blob, media_type, size in rows:
-                desc = oci.Descriptor(media_type, Digest.parse(blob), size)
-                _, diff_size = self._unpack_layer(_Layer(Digest.parse(chain), Digest.parse(diff_id), desc))
-                with self.db.transaction() as conn:
-                    conn.execute(
-                        "UPDATE layers SET unpacked = 1, diff_size = coalesce(diff_size, ?) "
-                        "WHERE chain_id = ?",
-                        (diff_size, chain),
-                    )
-
-    def _unpack_layer(self, layer: _Layer) -> tuple[bool, int | None]:
-        """Make ``layers/<chain hex>`` exist; returns (whether we made it, its uncompressed size)."""
-        final = self.layers_dir / layer.chain_id.hex
-        if final.is_dir():
-            return False, None
-        with self._lock(f".locks/{layer.chain_id.hex}", fcntl.LOCK_EX):
-            if final.is_dir():  # another process finished it while we waited
-                return False, None
-            tmp = self.layers_dir / f".tmp-{layer.chain_id.hex}-{os.getpid()}-{os.urandom(4).hex()}"
-            tmp.mkdir(mode=0o755)
-            try:
-                size = self._extract(layer, tmp)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        return True, size
-
-    def _extract(self, layer: _Layer, dest: Path) -> int:
-        """Decompress and unpack in one pass, hashing both the blob and the uncompressed stream."""
-        from hutch.image.compression import open_decompressed
-        from hutch.image.unpack import unpack_layer
-
-        oci.layer_compression(layer.blob.media_type, f"layer {layer.blob.digest}")
-        with self.blobs.open(layer.blob.digest, layer.blob.size) as f:
-            packed = HashingReader(f, layer.blob.digest.algorithm)
-            try:
-                plain = HashingReader(open_decompressed(packed), layer.diff_id.algorithm)
-                unpack_layer(plain, dest)
-                plain.drain()
-            except Exception:
-                packed.drain()  # a corrupt blob explains a failed unpack better than the tar error does
-                self._check_digest(packed, layer.blob.digest, "layer blob")
-                raise
-            packed.drain()
-        self._check_digest(packed, layer.blob.digest, "layer blob")
-        self._check_digest(plain, layer.diff_id, f"layer {layer.blob.digest}: diff ID")
-        return plain.size
-
-    @staticmethod
-    def _check_digest(reader: HashingReader, expected: Digest, what: str) -> None:
-        actual = reader.digest()
-        if actual != expected:
-            raise CorruptContent(f"{what}: digest mismatch: expected {expected}, got {actual}")
 
     def layer_blobs(self, image: Image) -> list[oci.Descriptor]:
         """The image's layer blobs, bottom first, as stored (for save and push)."""
@@ -593,97 +470,8 @@ class ImageStore:
                     "DELETE FROM image_refs WHERE name = ? AND image_id = ?", [(n, image_id) for n in untag]
                 )
             return []
-        deleted, _ = self._delete_images([image_id])
+        deleted, _ = self._gc.delete_images([image_id])
         return deleted
-
-    def _delete_images(self, image_ids: list[str]) -> tuple[list[dict[str, str]], int]:
-        """Delete image records, then the layers and blobs nobody references any more."""
-        with self._lock(".lock", fcntl.LOCK_EX):
-            with self.db.transaction() as conn:
-                chains, blobs = self._candidates(conn, image_ids)
-                q = ",".join("?" * len(image_ids))
-                conn.execute(f"DELETE FROM images WHERE id IN ({q})", image_ids)
-                dead_chains = [c for c in chains if not _referenced(conn, "image_layers", "chain_id", c)]
-                conn.executemany("DELETE FROM layers WHERE chain_id = ?", [(c,) for c in dead_chains])
-                dead_blobs = [b for b in blobs if not self._blob_referenced(conn, b)]
-            freed = self._remove_files(dead_chains, dead_blobs)
-        records = [{"Deleted": i} for i in image_ids] + [{"Deleted": c} for c in dead_chains]
-        return records, freed
-
-    @staticmethod
-    def _candidates(conn, image_ids: list[str]) -> tuple[list[str], set[str]]:
-        q = ",".join("?" * len(image_ids))
-        rows = conn.execute(
-            f"SELECT chain_id, blob_digest FROM image_layers WHERE image_id IN ({q}) ORDER BY position DESC",
-            image_ids,
-        ).fetchall()
-        chains = list(dict.fromkeys(r[0] for r in rows))
-        blobs = {r[1] for r in rows}
-        for image_id, manifest in conn.execute(
-            f"SELECT id, manifest_digest FROM images WHERE id IN ({q})", image_ids
-        ):
-            blobs.update((image_id, manifest))
-        return chains, blobs
-
-    @staticmethod
-    def _blob_referenced(conn, blob: str) -> bool:
-        return (
-            _referenced(conn, "images", "id", blob)
-            or _referenced(conn, "images", "manifest_digest", blob)
-            or _referenced(conn, "image_layers", "blob_digest", blob)
-        )
-
-    def _remove_files(self, chains: list[str], blobs: Sequence[str]) -> int:
-        """Layer dirs leave by rename to a trash name first, so no one sees half a layer."""
-        freed = 0
-        for chain in chains:
-            self._purge_dir(self.layers_dir / chain.partition(":")[2])
-            (self.layers_dir / ".locks" / chain.partition(":")[2]).unlink(missing_ok=True)
-        for blob in blobs:
-            digest = Digest.parse(blob)
-            try:
-                freed += self.blobs.path(digest).stat().st_size
-            except FileNotFoundError:
-                continue
-            self.blobs.delete(digest)
-        return freed
-
-    @staticmethod
-    def _trash_dir(path: Path) -> Path | None:
-        """Rename a layer dir off its real name, the one atomic step of deleting it; the caller rmtrees."""
-        trash = path.with_name(f".trash-{path.name}-{os.urandom(4).hex()}")
-        try:
-            os.rename(path, trash)
-        except FileNotFoundError:
-            return None
-        return trash
-
-    def _purge_dir(self, path: Path) -> None:
-        trash = self._trash_dir(path)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-
-    def _remove_orphan_dirs(self, chains: list[Digest]) -> None:
-        """After a failed add: drop the layer dirs it unpacked that no recorded layer claims.
-
-        Renamed inside a transaction: a concurrent add that found such a dir and is recording it as
-        unpacked checks for it inside its own transaction, so one of the two sees the other's result.
-        """
-        with self.db.transaction() as conn:
-            orphans = [c for c in chains if not _referenced(conn, "layers", "chain_id", str(c))]
-            trash = [self._trash_dir(self.layers_dir / c.hex) for c in orphans]
-        for path in trash:
-            if path is not None:
-                shutil.rmtree(path, ignore_errors=True)
-
-    def _discard_unreferenced(self, digests: set[Digest]) -> None:
-        """Delete blobs an ingest wrote that no image references (inside a transaction: see ``_insert``)."""
-        if not digests:
-            return
-        with self.db.transaction() as conn:
-            for digest in digests:
-                if not self._blob_referenced(conn, str(digest)):
-                    self.blobs.delete(digest)
 
     def prune(self, all: bool = False, in_use: InUse = _never_in_use) -> dict[str, Any]:
         """``docker image prune``: untagged images (``all``: every image) that no container uses."""
@@ -691,32 +479,13 @@ class ImageStore:
         records: list[dict[str, str]] = []
         for img in victims:
             records += [{"Untagged": n} for n in img.names + img.digests]
-        deleted, freed = self._delete_images([str(img.id) for img in victims]) if victims else ([], 0)
+        deleted, freed = self._gc.delete_images([str(img.id) for img in victims]) if victims else ([], 0)
         freed += self.gc()
         return {"ImagesDeleted": records + deleted, "SpaceReclaimed": freed}
 
     def gc(self) -> int:
         """Sweep what a crash may have leaked: unreferenced blobs, stray layer dirs, temp and trash dirs."""
-        with self._lock(".lock", fcntl.LOCK_EX), self.db.transaction() as conn:
-            known = {r[0].partition(":")[2] for r in conn.execute("SELECT chain_id FROM layers")}
-            stray = [b for b in self.blobs.list() if not self._blob_referenced(conn, str(b))]
-            freed = self._remove_files([], [str(b) for b in stray])
-            for entry in self.layers_dir.iterdir() if self.layers_dir.is_dir() else ():
-                if entry.name.startswith((".tmp-", ".trash-")):
-                    shutil.rmtree(entry, ignore_errors=True)
-                elif not entry.name.startswith(".") and entry.name not in known:
-                    self._purge_dir(entry)
-            for lock in (self.layers_dir / ".locks").glob("*"):
-                if lock.name not in known:  # nobody holds a layer lock while we hold the store lock
-                    lock.unlink(missing_ok=True)
-            for chain in conn.execute("SELECT chain_id FROM layers WHERE unpacked = 1").fetchall():
-                if not (self.layers_dir / chain[0].partition(":")[2]).is_dir():
-                    conn.execute("UPDATE layers SET unpacked = 0 WHERE chain_id = ?", (chain[0],))
-        return freed
-
-
-def _referenced(conn, table: str, column: str, value: str) -> bool:
-    return conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (value,)).fetchone() is not None
+        return self._gc.collect()
 
 
 def _rfc3339(timestamp: float) -> str:
