@@ -143,18 +143,45 @@ def wait_for(condition: Callable[[], bool], deadline: float) -> bool:
 
 
 def make_dir(directory: Path) -> None:
-    """``mkdir -p`` for a cgroup: the common case (parent exists) costs a single mkdir."""
-    try:
-        os.mkdir(directory)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
+    """``mkdir -p`` for a cgroup: the common case (parent exists) costs a single mkdir.
+
+    A parent can vanish between our mkdirs (another hutch removing the empty default parent, see
+    ``remove_default_parent``), so a missing parent is retried a few times.
+    """
+    for attempt in range(5):
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.mkdir(directory)
+            return
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            try:
+                os.makedirs(directory, exist_ok=True)
+                return
+            except FileNotFoundError as e:
+                if attempt == 4:
+                    raise HutchError(f"failed to create cgroup {directory}: {e.strerror}") from e
+            except OSError as e:
+                raise HutchError(f"failed to create cgroup {directory}: {e.strerror}") from e
         except OSError as e:
             raise HutchError(f"failed to create cgroup {directory}: {e.strerror}") from e
+
+
+def remove_default_parent(directory: Path, default_name: str = "hutch") -> None:
+    """Remove the default parent group once its last container group is gone.
+
+    Only a parent with hutch's default name is touched (a ``--cgroup-parent`` may be the user's own); the
+    kernel refuses to remove a parent that still has children (EBUSY), which makes this safe against a
+    concurrent create.
+    """
+    parent = directory.parent
+    if parent.name != default_name:
+        return
+    try:
+        os.rmdir(parent)
     except OSError as e:
-        raise HutchError(f"failed to create cgroup {directory}: {e.strerror}") from e
+        if e.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
+            raise HutchError(f"failed to remove cgroup {parent}: {e.strerror}") from e
 
 
 def remove_tree(directory: Path, deadline: float) -> None:

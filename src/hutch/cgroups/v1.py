@@ -15,6 +15,7 @@ from hutch.cgroups.base import (
     make_dir,
     read_file,
     refuse_self,
+    remove_default_parent,
     remove_tree,
     signal_pids,
     tree_pids,
@@ -82,6 +83,7 @@ class V1Manager(CgroupManager):
         self.kill_all(signal.SIGKILL, timeout)
         for d in self._unique:
             remove_tree(d, deadline)
+            remove_default_parent(d)
 
     def exists(self) -> bool:
         """Whether the cgroup directory is still present in any hierarchy."""

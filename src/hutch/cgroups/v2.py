@@ -16,6 +16,7 @@ from hutch.cgroups.base import (
     CgroupManager,
     read_file,
     refuse_self,
+    remove_default_parent,
     remove_tree,
     signal_pids,
     tree_pids,
@@ -85,6 +86,7 @@ class V2Manager(CgroupManager):
         deadline = time.monotonic() + timeout
         self.kill_all(signal.SIGKILL, timeout)
         remove_tree(self._path, deadline)
+        remove_default_parent(self._path)
 
     def exists(self) -> bool:
         """Whether the cgroup directory exists."""
