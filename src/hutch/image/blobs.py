@@ -8,16 +8,25 @@ always complete and correct; readers still check the size on open because a disk
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from hutch.errors import CorruptContent, NotFound
 from hutch.fsutil import fsync_dir
 from hutch.oci.digest import Digest
 
 _CHUNK = 1 << 20
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+
+def _tempfile():
+    # tempfile pulls in shutil and random; only writers need it, never `hutch run`.
+    import tempfile
+
+    return tempfile
 
 
 class BlobStore:
@@ -57,7 +66,7 @@ class BlobStore:
         """Stream a blob in, hashing as it goes; on mismatch nothing is kept and CorruptContent is raised."""
         algorithm = expected.algorithm if expected else "sha256"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        fd, tmp_name = _tempfile().mkstemp(dir=self.tmp, prefix="blob-")
         try:
             hasher = Digest(algorithm, "0" * 64).hasher()
             size = 0
@@ -117,7 +126,7 @@ class BlobStore:
 
     def _commit(self, digest: Digest, write) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        fd, tmp_name = _tempfile().mkstemp(dir=self.tmp, prefix="blob-")
         try:
             with os.fdopen(fd, "wb") as out:
                 write(out)

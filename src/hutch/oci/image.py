@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections import namedtuple
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
 
 from hutch.errors import CorruptContent, HutchError, NotFound
 from hutch.oci.digest import Digest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Manifests and indexes.
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -63,26 +67,23 @@ _ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686":
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
-class Platform(NamedTuple):
-    """``os/architecture[/variant]`` of an image or of this host."""
+# collections.namedtuple, not typing.NamedTuple: importing typing costs ~5 ms of every hutch run.
+class Platform(namedtuple("Platform", "os architecture variant", defaults=("",))):
+    """``os/architecture[/variant]`` of an image or of this host (all str)."""
 
-    os: str
-    architecture: str
-    variant: str = ""
+    __slots__ = ()
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-class Descriptor(NamedTuple):
-    """A pointer to a blob: what it is, its digest, and its size."""
+class Descriptor(
+    namedtuple("Descriptor", "media_type digest size annotations platform urls", defaults=(_EMPTY, None, ()))
+):
+    """A pointer to a blob: media_type (str), digest (Digest), size (int), annotations (Mapping),
+    platform (Platform | None), urls (tuple of str)."""
 
-    media_type: str
-    digest: Digest
-    size: int
-    annotations: Mapping[str, str] = _EMPTY
-    platform: Platform | None = None
-    urls: tuple[str, ...] = ()
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as written into manifests we create."""
@@ -92,21 +93,17 @@ class Descriptor(NamedTuple):
         return out
 
 
-class Manifest(NamedTuple):
-    """An image manifest (OCI or Docker schema2): one config and the layers, bottom first."""
+class Manifest(namedtuple("Manifest", "media_type config layers annotations", defaults=(_EMPTY,))):
+    """An image manifest (OCI or Docker schema2): media_type, one config Descriptor, the layer Descriptors
+    bottom first, annotations."""
 
-    media_type: str
-    config: Descriptor
-    layers: tuple[Descriptor, ...]
-    annotations: Mapping[str, str] = _EMPTY
+    __slots__ = ()
 
 
-class Index(NamedTuple):
-    """An image index / manifest list: one manifest per platform."""
+class Index(namedtuple("Index", "media_type manifests annotations", defaults=(_EMPTY,))):
+    """An image index / manifest list: media_type, one manifest Descriptor per platform, annotations."""
 
-    media_type: str
-    manifests: tuple[Descriptor, ...]
-    annotations: Mapping[str, str] = _EMPTY
+    __slots__ = ()
 
 
 def host_platform() -> Platform:
