@@ -60,6 +60,19 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     p.add_argument("--entrypoint", help="override the image's entrypoint ('' clears it)")
     p.add_argument("--network", "--net", default="none", help="none (default for now) or host")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
+    p.add_argument(
+        "--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)"
+    )
+    p.add_argument("--privileged", action="store_true", help="every capability, no masked paths, no seccomp")
+    p.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="no-new-privileges[=true], seccomp=unconfined|PROFILE.json",
+    )
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="set an rlimit")
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -93,7 +106,9 @@ def _run_options(args: argparse.Namespace):
         check_network,
         parse_env,
         parse_env_file,
+        parse_security_opts,
         parse_tmpfs,
+        parse_ulimit,
         parse_volume,
     )
 
@@ -121,6 +136,11 @@ def _run_options(args: argparse.Namespace):
         tty=args.tty,
         remove=args.remove,
         detach=args.detach,
+        cap_add=args.cap_add,
+        cap_drop=args.cap_drop,
+        privileged=args.privileged,
+        ulimits=[parse_ulimit(u) for u in args.ulimit],
+        **parse_security_opts(args.security_opt),
     )
 
 

@@ -55,6 +55,9 @@ class Engine:
 
     def create(self, opts: RunOptions) -> Record:
         """Resolve the image, write the container's files and record; nothing runs yet."""
+        from hutch.engine.security import check_rlimits
+
+        check_rlimits(opts.ulimits)
         image = self._images.resolve(opts.image)
         layers = self._images.rootfs_layers(image)
         cid = os.urandom(32).hex()

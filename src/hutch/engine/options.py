@@ -57,6 +57,12 @@ class RunOptions:
         "tty": False,
         "remove": False,
         "detach": False,
+        "cap_add": list,
+        "cap_drop": list,
+        "privileged": False,
+        "no_new_privileges": False,
+        "seccomp": "default",
+        "ulimits": list,
     }
     __slots__ = ("image", *_DEFAULTS)
 
@@ -152,3 +158,68 @@ def check_network(mode: str) -> str:
     if mode in ("bridge", "default"):
         raise InvalidArgument("--network bridge is not available yet: use --network none or host")
     raise InvalidArgument(f"network {mode!r} not found")
+
+
+RLIMITS = {
+    "as": "RLIMIT_AS",
+    "core": "RLIMIT_CORE",
+    "cpu": "RLIMIT_CPU",
+    "data": "RLIMIT_DATA",
+    "fsize": "RLIMIT_FSIZE",
+    "locks": "RLIMIT_LOCKS",
+    "memlock": "RLIMIT_MEMLOCK",
+    "msgqueue": "RLIMIT_MSGQUEUE",
+    "nice": "RLIMIT_NICE",
+    "nofile": "RLIMIT_NOFILE",
+    "nproc": "RLIMIT_NPROC",
+    "rss": "RLIMIT_RSS",
+    "rtprio": "RLIMIT_RTPRIO",
+    "rttime": "RLIMIT_RTTIME",
+    "sigpending": "RLIMIT_SIGPENDING",
+    "stack": "RLIMIT_STACK",
+}
+UNLIMITED = 2**64 - 1  # RLIM_INFINITY as the OCI spec writes it
+
+
+def _rlimit_value(text: str, option: str) -> int:
+    if text in ("-1", "unlimited"):
+        return UNLIMITED
+    if not text.isdigit():
+        raise InvalidArgument(f"invalid --ulimit {option!r}: {text!r} is not a number")
+    return int(text)
+
+
+def parse_ulimit(text: str) -> dict:
+    """``NAME=SOFT[:HARD]`` as Docker takes it, into the OCI spec's rlimit form."""
+    name, sep, values = text.partition("=")
+    if not sep or not values:
+        raise InvalidArgument(f"invalid --ulimit {text!r}: expected NAME=SOFT[:HARD]")
+    if name not in RLIMITS:
+        raise InvalidArgument(f"invalid --ulimit {text!r}: unknown limit {name!r}")
+    soft_text, _, hard_text = values.partition(":")
+    soft = _rlimit_value(soft_text, text)
+    hard = _rlimit_value(hard_text, text) if hard_text else soft
+    if soft > hard:
+        raise InvalidArgument(f"invalid --ulimit {text!r}: soft limit {soft} is above hard limit {hard}")
+    return {"type": RLIMITS[name], "soft": soft, "hard": hard}
+
+
+def parse_security_opts(items: list[str]) -> dict:
+    """``--security-opt``: ``no-new-privileges[=true|false]``, ``seccomp=unconfined|PROFILE.json``.
+
+    Docker also accepts ``key:value``; both spellings are taken.
+    """
+    result: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=") if "=" in item else item.partition(":")
+        if key == "no-new-privileges":
+            if value not in ("", "true", "false"):
+                raise InvalidArgument(f"invalid --security-opt {item!r}: expected true or false")
+            result["no_new_privileges"] = value != "false"
+        elif key == "seccomp" and sep and value:
+            result["seccomp"] = value
+        elif key in ("label", "apparmor") and sep:
+            raise InvalidArgument(f"--security-opt {key}: hutch does not support {key} yet")
+        else:
+            raise InvalidArgument(f"invalid --security-opt {item!r}")
+    return result

@@ -7,7 +7,7 @@ as runc would, and the microVM backend will read the same document.
 from __future__ import annotations
 
 from hutch.engine.options import RunOptions
-from hutch.runtime.capabilities import DOCKER_DEFAULT
+from hutch.engine.security import capability_set
 from hutch.runtime.init import USER_ANNOTATION
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -93,6 +93,10 @@ def environment(opts: RunOptions, image_config: dict, hostname: str) -> list[str
 
 def _mounts(opts: RunOptions, etc_files: dict[str, str]) -> list[dict]:
     mounts = [dict(m, options=list(m["options"])) for m in _BASE_MOUNTS]
+    if opts.privileged:
+        for m in mounts:
+            if m["destination"] == "/sys":
+                m["options"].remove("ro")
     for dest, source in etc_files.items():
         mounts.append(
             {"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate"]}
@@ -115,8 +119,10 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
     namespaces = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
     if opts.network != "host":
         namespaces.append({"type": "network"})
-    caps = list(DOCKER_DEFAULT)
+    caps = capability_set(opts.cap_add, opts.cap_drop, opts.privileged)
     user = opts.user if opts.user is not None else (image_config.get("User") or "")
+    # --privileged lifts Docker's masks and read-only kernel paths along with the capability limits.
+    masked, readonly = ([], []) if opts.privileged else (list(MASKED_PATHS), list(READONLY_PATHS))
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -126,6 +132,8 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
             "env": environment(opts, image_config, hostname),
             "cwd": opts.workdir or image_config.get("WorkingDir") or "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": opts.no_new_privileges,
+            "rlimits": list(opts.ulimits),
         },
         "root": {"path": "rootfs", "readonly": opts.read_only},
         "hostname": hostname,
@@ -133,8 +141,8 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
         "annotations": {USER_ANNOTATION: user},
         "linux": {
             "namespaces": namespaces,
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
+            "maskedPaths": masked,
+            "readonlyPaths": readonly,
             "rootfsPropagation": "rprivate",
         },
     }

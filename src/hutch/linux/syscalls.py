@@ -50,6 +50,7 @@ MNT_DETACH = 2
 
 # prctl(2) options (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24

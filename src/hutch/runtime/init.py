@@ -13,6 +13,7 @@ import fcntl
 import gc
 import json
 import os
+import resource
 import signal
 import struct
 import termios
@@ -119,6 +120,9 @@ def _report(fd: int, code: int, message: str) -> None:
 def _setup_and_exec(args: InitArgs) -> None:
     spec = args.spec
     process = spec["process"]
+    # why: until exec, /proc/1/exe of this process is the host's Python; non-dumpable means nothing in the
+    # container can open or ptrace it to overwrite the host binary (CVE-2019-5736). exec resets it.
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
     _set_stdio(args.stdio)
     os.setsid()
     if args.cgroup is not None:
@@ -132,6 +136,7 @@ def _setup_and_exec(args: InitArgs) -> None:
     cwd = process.get("cwd", "/")
     # Docker creates a missing working directory (owned by root) rather than failing.
     os.makedirs(cwd, mode=0o755, exist_ok=True)
+    _set_rlimits(process.get("rlimits", []))
     user = _switch_user(spec)
     env = list(process.get("env", []))
     if not any(item.startswith("HOME=") for item in env):
@@ -228,6 +233,25 @@ def _attach_console(sock) -> None:
 def _ptsname(master: int) -> str:
     number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
     return f"/dev/pts/{number}"
+
+
+def _set_rlimits(rlimits: list[dict]) -> None:
+    """Apply ``--ulimit`` while still root; the engine has already refused limits above our own hard limit
+    when we lack CAP_SYS_RESOURCE, so a failure here names the limit and the reason."""
+    for limit in rlimits:
+        kind = limit["type"]
+        number = getattr(resource, kind, None)
+        if number is None:
+            raise InitError(125, f"unknown rlimit {kind}")
+        soft, hard = (_rlim(limit["soft"]), _rlim(limit["hard"]))
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (ValueError, OSError) as err:
+            raise InitError(125, f"cannot set {kind} to {soft}:{hard}: {err}")
+
+
+def _rlim(value: int) -> int:
+    return resource.RLIM_INFINITY if value >= 2**63 - 1 else value
 
 
 def _switch_user(spec: dict) -> ExecUser:

@@ -1,0 +1,77 @@
+"""Security defaults and the flags that change them, observed from inside real containers."""
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def _status(hutch, image, *flags) -> dict:
+    out = hutch.ok("run", "--rm", *flags, image, "cat", "/proc/self/status")
+    return dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+
+
+def test_default_capabilities_are_dockers(hutch, busybox):
+    status = _status(hutch, busybox)
+    for field in ("CapEff", "CapPrm", "CapBnd"):
+        assert status[field].strip() == "00000000a80425fb"
+    assert status["CapInh"].strip() == "0000000000000000"
+    assert status["CapAmb"].strip() == "0000000000000000"
+    assert status["NoNewPrivs"].strip() == "0"
+
+
+def test_cap_drop_and_add(hutch, busybox):
+    status = _status(hutch, busybox, "--cap-drop", "ALL", "--cap-add", "NET_ADMIN")
+    assert status["CapEff"].strip() == "0000000000001000"
+    assert status["CapBnd"].strip() == "0000000000001000"
+    # without CAP_CHOWN root cannot give a file away
+    result = hutch("run", "--rm", "--cap-drop", "CHOWN", busybox, "chown", "1000", "/tmp")
+    assert result.code != 0 and "Operation not permitted" in result.err
+
+
+def test_privileged_lifts_masks_and_read_only_sys(hutch, busybox):
+    out = hutch.ok(
+        "run",
+        "--rm",
+        "--privileged",
+        busybox,
+        "sh",
+        "-c",
+        "wc -c < /proc/timer_list; grep ' /sys ' /proc/mounts",
+    )
+    size, sys_mount = out.splitlines()
+    assert int(size) > 0
+    assert " rw," in sys_mount
+
+
+def test_no_new_privileges(hutch, busybox):
+    assert _status(hutch, busybox, "--security-opt", "no-new-privileges")["NoNewPrivs"].strip() == "1"
+
+
+def test_ulimit_is_applied(hutch, busybox):
+    assert (
+        hutch.ok("run", "--rm", "--ulimit", "nofile=100:200", busybox, "sh", "-c", "ulimit -n; ulimit -Hn")
+        == "100\n200\n"
+    )
+
+
+def test_ulimit_above_our_hard_limit_is_refused_before_anything_starts(hutch, busybox):
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("nofile has no hard limit here")
+    from hutch.engine.security import own_capabilities
+
+    if "CAP_SYS_RESOURCE" in own_capabilities():
+        pytest.skip("this process has CAP_SYS_RESOURCE and may raise the limit")
+    result = hutch("run", "--rm", "--name", "toomany", "--ulimit", f"nofile=10:{hard + 1}", busybox, "true")
+    assert result.code == 125
+    assert "CAP_SYS_RESOURCE" in result.err and len(result.err.strip().splitlines()) == 1
+    assert hutch.ok("ps", "-aq") == ""
+
+
+def test_non_root_user_has_no_effective_capabilities(hutch, busybox):
+    status = _status(hutch, busybox, "-u", "1000")
+    assert status["CapEff"].strip() == "0000000000000000"
+    assert status["CapPrm"].strip() == "0000000000000000"
+    assert status["CapBnd"].strip() == "00000000a80425fb"
