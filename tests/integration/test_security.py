@@ -75,3 +75,15 @@ def test_non_root_user_has_no_effective_capabilities(hutch, busybox):
     assert status["CapEff"].strip() == "0000000000000000"
     assert status["CapPrm"].strip() == "0000000000000000"
     assert status["CapBnd"].strip() == "00000000a80425fb"
+
+
+def test_info_reports_host_support(hutch, busybox):
+    import json
+
+    info = json.loads(hutch.ok("info", "--format", "json"))
+    assert info["Images"] == 1
+    assert info["Cgroups"]["version"] in ("v1", "v2")
+    assert info["Seccomp"]["kernel"] is True
+    assert set(info["KVM"]) == {"present", "usable"}
+    text = hutch.ok("info")
+    assert "Cgroup Version:" in text and "seccomp:" in text and "KVM:" in text

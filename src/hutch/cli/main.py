@@ -16,6 +16,7 @@ from pathlib import Path
 _GROUPS = {
     "hutch.cli.images": ("images", "import", "load", "save", "tag", "rmi", "image"),
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
+    "hutch.cli.system": ("info",),
 }
 _GLOBAL_WITH_VALUE = ("--root", "--runroot")
 
