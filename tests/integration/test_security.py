@@ -87,3 +87,29 @@ def test_info_reports_host_support(hutch, busybox):
     assert set(info["KVM"]) == {"present", "usable"}
     text = hutch.ok("info")
     assert "Cgroup Version:" in text and "seccomp:" in text and "KVM:" in text
+
+
+def test_symlinked_mount_destination_stays_inside_the_container(hutch, busybox_tar, tmp_path):
+    """An image whose /etc/hosts points out of its root must not make hutch mount onto the host."""
+    import io
+    import tarfile
+
+    target = tmp_path / "host-side-target"
+    target.write_text("host file\n")
+    crafted = tmp_path / "crafted.tar"
+    with tarfile.open(busybox_tar) as src, tarfile.open(crafted, "w") as out:
+        for member in src.getmembers():
+            if member.name.lstrip("./") in ("etc/hosts", "etc/hostname"):
+                continue
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        for name in ("etc/hosts", "etc/hostname"):
+            link = tarfile.TarInfo(name)
+            link.type = tarfile.SYMTYPE
+            link.linkname = "../../../../../../../.." + str(target)
+            out.addfile(link, io.BytesIO())
+    hutch.ok("import", str(crafted), "crafted")
+    out = hutch.ok("run", "--rm", "--hostname", "inside", "crafted", "cat", str(target))
+    assert "localhost" in out  # the container's hosts file, bound inside the container's root
+    assert target.read_text() == "host file\n"
+    with open("/proc/self/mountinfo") as f:
+        assert str(target) not in f.read()

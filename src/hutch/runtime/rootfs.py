@@ -62,6 +62,26 @@ def mount_root(rootfs: str, overlay: OverlayRoot | None, propagation: int) -> No
     os.chdir("/")
 
 
+class _Pinned:
+    """The destination opened with O_PATH|O_NOFOLLOW; mounting on ``/proc/self/fd/N`` mounts on exactly
+    that inode.
+
+    why: between resolving a path and mounting on it, anything that can write into the tree (a volume
+    shared with another container) could swap a component for a symlink and redirect the mount onto the
+    host (CVE-2021-30465, CVE-2025-52565). An fd cannot be swapped.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.path = f"/proc/self/fd/{self.fd}"
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
 def _prepare_destination(dest: str, source: str | None, is_bind: bool) -> None:
     """Create the mount point: a file for a bind of a file, a directory otherwise."""
     if os.path.lexists(dest):
@@ -85,11 +105,17 @@ def mount_entry(rootfs: str, entry: dict) -> None:
         fstype = None
     _prepare_destination(dest, source, options.is_bind)
     flags = options.flags
-    sc.mount(source, dest, fstype, flags & ~sc.MS_RDONLY if options.is_bind else flags, options.data_string)
+    with _Pinned(dest) as target:
+        sc.mount(
+            source, target, fstype, flags & ~sc.MS_RDONLY if options.is_bind else flags, options.data_string
+        )
+    # The new mount now sits on dest; pin it again for the follow-up calls, which act on the mount itself.
     if options.is_bind and flags & ~(sc.MS_BIND | sc.MS_REC):
-        sc.mount(None, dest, None, flags | sc.MS_REMOUNT | sc.MS_BIND)
+        with _Pinned(dest) as target:
+            sc.mount(None, target, None, flags | sc.MS_REMOUNT | sc.MS_BIND)
     for propagation in options.propagation:
-        sc.mount(None, dest, None, propagation)
+        with _Pinned(dest) as target:
+            sc.mount(None, target, None, propagation)
 
 
 def create_default_devices(rootfs: str) -> None:
@@ -117,25 +143,38 @@ def mask_paths(rootfs: str, masked: list[str], readonly: list[str]) -> None:
     own /dev), a masked directory an empty read-only tmpfs; the runc advisories of 2025 (CVE-2025-31133,
     CVE-2025-52565) showed that masking through a path the container controls can be redirected.
     """
+    null = os.stat("/dev/null")  # the host's, looked at before anything of the container's is reachable
     for path in masked:
         dest = secure_join(rootfs, path)
         if not os.path.lexists(dest):
             continue
-        if os.path.isdir(dest):
-            sc.mount("tmpfs", dest, "tmpfs", sc.MS_RDONLY, "size=0k,mode=755")
-        else:
-            sc.mount("/dev/null", dest, None, sc.MS_BIND)
+        is_dir = os.path.isdir(dest)
+        with _Pinned(dest) as target:
+            if is_dir:
+                sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, "mode=755")
+            else:
+                sc.mount("/dev/null", target, None, sc.MS_BIND)
+        _verify_mask(dest, is_dir, null)
     for path in readonly:
         dest = secure_join(rootfs, path)
         if not os.path.lexists(dest):
             continue
-        sc.mount(dest, dest, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(
-            None,
-            dest,
-            None,
-            sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-        )
+        with _Pinned(dest) as target:
+            sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
+        flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        with _Pinned(dest) as target:
+            sc.mount(None, target, None, flags)
+
+
+def _verify_mask(dest: str, is_dir: bool, null: os.stat_result) -> None:
+    """Check the mask took: the file is now the host's /dev/null, the directory an empty read-only fs."""
+    st = os.lstat(dest)
+    if is_dir:
+        ok = stat.S_ISDIR(st.st_mode) and not os.listdir(dest) and os.statvfs(dest).f_flag & os.ST_RDONLY
+    else:
+        ok = stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev
+    if not ok:
+        raise OSError(1, f"masking {dest} did not take effect")
 
 
 def pivot_into(rootfs: str) -> None:
