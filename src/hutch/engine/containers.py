@@ -7,7 +7,6 @@ generated /etc files, logs) and the container's record; the image store owns the
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ class Engine:
             )
             self._insert_with_name(record, opts.name)
         except BaseException:
-            shutil.rmtree(cdir, ignore_errors=True)
+            _rmtree(cdir)
             raise
         return record
 
@@ -208,8 +207,16 @@ class Engine:
         if cdir.exists():
             trash = cdir.with_name(f".trash-{cid}")
             os.rename(cdir, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            _rmtree(trash)
         self.records.delete(cid)
+
+
+def _rmtree(path: Path) -> None:
+    """shutil's fd-based rmtree (it never follows a symlink the container planted in its upper dir);
+    imported here because shutil loads bz2 and lzma, which the rest of ``hutch run`` never needs."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _cgroup_paths(cid: str) -> dict[str, str]:
