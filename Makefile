@@ -20,7 +20,7 @@ STAMP := $(VENV)/.hutch-installed
 
 # Debian packages the tests, the demo and the benchmarks use. APT_EXTRA adds more for one run.
 APT_PACKAGES := python3 python3-venv busybox-static podman crun runc conmon netavark aardvark-dns \
-	catatonit uidmap zstd iproute2 iptables nftables libseccomp2 util-linux
+	catatonit uidmap zstd iproute2 iptables nftables libseccomp2 util-linux gcc libc6-dev
 APT_EXTRA ?=
 # Later layers (microVM, registry) will need: qemu-system-x86 erofs-utils docker-registry skopeo
 

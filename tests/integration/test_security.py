@@ -113,3 +113,53 @@ def test_symlinked_mount_destination_stays_inside_the_container(hutch, busybox_t
     assert target.read_text() == "host file\n"
     with open("/proc/self/mountinfo") as f:
         assert str(target) not in f.read()
+
+
+def test_devices_beyond_the_standard_ones_are_refused(hutch, busybox):
+    out = hutch.ok(
+        "run",
+        "--rm",
+        busybox,
+        "sh",
+        "-c",
+        "mknod /tmp/blk b 7 0 && head -c1 /tmp/blk; echo rc=$?; ls /dev/kmsg /dev/vda 2>&1 | wc -l",
+    )
+    assert "Operation not permitted" in out or "rc=1" in out
+    assert "rc=0" not in out
+
+
+def test_device_flag_adds_one_device(hutch, busybox):
+    import os
+
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no /dev/loop-control on this host")
+    out = hutch.ok(
+        "run",
+        "--rm",
+        "--device",
+        "/dev/loop-control:/dev/lc:rw",
+        busybox,
+        "sh",
+        "-c",
+        "ls -l /dev/lc; head -c0 /dev/lc && echo opened",
+    )
+    assert out.startswith("c") and "10, 237" in out and "opened" in out
+
+
+def test_privileged_gets_host_devices(hutch, busybox):
+    import os
+
+    host_loops = [d for d in os.listdir("/dev") if d.startswith("loop") and d[4:].isdigit()]
+    if not host_loops:
+        pytest.skip("no loop devices on this host")
+    out = hutch.ok(
+        "run", "--rm", "--privileged", busybox, "sh", "-c", f"head -c0 /dev/{host_loops[0]} && echo ok"
+    )
+    assert out == "ok\n"
+
+
+def test_bad_device_is_one_line_before_anything_starts(hutch, busybox):
+    result = hutch("run", "--rm", "--device", "/no/such/device", busybox, "true")
+    assert result.code == 125 and "/no/such/device" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert hutch.ok("ps", "-aq") == ""

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from hutch.errors import HutchError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hutch.cgroups.devices import DeviceRule
+
 
 class CgroupManager(ABC):
     """One container's cgroup, in every hierarchy the backend uses."""
@@ -50,6 +54,14 @@ class CgroupManager(ABC):
     @abstractmethod
     def paths(self) -> dict[str, Path]:
         """Hierarchy (v1 controller, ``name=systemd``) or ``unified`` (v2) -> cgroup directory."""
+
+    def set_devices(self, rules: list[DeviceRule] | tuple[DeviceRule, ...]) -> None:
+        """Restrict the devices the cgroup's processes may open or mknod to what ``rules`` allow.
+
+        ``rules`` are read in order from deny-all, as runc reads them (``hutch.cgroups.devices``). Call it
+        after ``create()`` and before any process joins, so no process ever runs unrestricted.
+        """
+        raise HutchError(f"the {type(self).__name__} cgroup backend cannot restrict devices")
 
 
 def write_raw(path: Path | str, data: str) -> None:

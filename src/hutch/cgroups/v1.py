@@ -6,6 +6,7 @@ once. Killing goes through the freezer hierarchy when it is mounted.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -23,6 +24,10 @@ from hutch.cgroups.base import (
     write_file,
 )
 from hutch.errors import HutchError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hutch.cgroups.devices import DeviceRule
 
 #: The hierarchies a container joins: the resource controllers plus systemd's named hierarchy.
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "name=systemd")
@@ -92,6 +97,35 @@ class V1Manager(CgroupManager):
     def paths(self) -> dict[str, Path]:
         """Controller (or ``name=systemd``) -> directory; co-mounted controllers share a directory."""
         return dict(self._dirs)
+
+    def set_devices(self, rules: list[DeviceRule] | tuple[DeviceRule, ...]) -> None:
+        """Write the rules to the devices hierarchy: ``a`` to devices.deny, then each exception to .allow.
+
+        The rules are first reduced to their effect (``DeviceFilter``) so v1 and v2 agree; each rule is one
+        ``write(2)`` -- the kernel takes one rule per write -- on devices.allow or devices.deny, each file
+        opened once (rules that allow everything write ``a`` to devices.allow instead, exceptions to .deny).
+        Writing ``a`` needs a cgroup without children: a fresh one.
+        """
+        from hutch.cgroups.devices import DeviceFilter
+
+        directory = self._dirs.get("devices")
+        if directory is None:
+            raise HutchError("cannot restrict devices: the cgroup v1 devices controller is not mounted")
+        effective = DeviceFilter(rules).rules()
+        fds: dict[bool, int] = {}
+        try:
+            for rule in effective:
+                name = "devices.allow" if rule.allow else "devices.deny"
+                data = "a" if rule.type == "a" else rule.cgroup_string()
+                try:
+                    if rule.allow not in fds:
+                        fds[rule.allow] = os.open(directory / name, os.O_WRONLY | os.O_CLOEXEC)
+                    os.write(fds[rule.allow], data.encode())
+                except OSError as e:
+                    raise HutchError(f"failed to write {data!r} to {directory / name}: {e.strerror}") from e
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def _signal_frozen(self, sig: int) -> None:
         """Send ``sig`` to every process, with the cgroup frozen while the list is read and signalled."""

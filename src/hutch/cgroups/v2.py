@@ -26,6 +26,10 @@ from hutch.cgroups.base import (
 )
 from hutch.errors import HutchError, InvalidArgument
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hutch.cgroups.devices import DeviceRule
+
 #: How long to wait for ``frozen 1`` in cgroup.events before signalling anyway.
 FREEZE_TIMEOUT = 1.0
 
@@ -95,6 +99,21 @@ class V2Manager(CgroupManager):
     def paths(self) -> dict[str, Path]:
         """``{"unified": directory}``."""
         return {"unified": self._path}
+
+    def set_devices(self, rules: list[DeviceRule] | tuple[DeviceRule, ...]) -> None:
+        """Compile the rules to a BPF_PROG_TYPE_CGROUP_DEVICE program and attach it to the cgroup.
+
+        cgroup v2 has no devices controller: the kernel runs the attached program on every open and mknod
+        of a device node. A filter set earlier on this cgroup is replaced (see ``bpf.set_device_filter``).
+        """
+        from hutch.cgroups import bpf
+        from hutch.cgroups.devices import assemble, compile_filter
+
+        program = assemble(compile_filter(rules))
+        try:
+            bpf.set_device_filter(str(self._path), program)
+        except OSError as e:
+            raise HutchError(f"failed to set the device filter of cgroup {self._path}: {e.strerror}") from e
 
     def _populated(self) -> bool:
         """Whether any process is in the cgroup or below it (cgroup.events), False if it is gone."""

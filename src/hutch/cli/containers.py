@@ -72,6 +72,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         metavar="OPT",
         help="no-new-privileges[=true], seccomp=unconfined|PROFILE.json",
     )
+    p.add_argument("--device", action="append", default=[], metavar="HOST[:CTR][:rwm]", help="add a device")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="set an rlimit")
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
@@ -101,6 +102,7 @@ def _add_inspect(p: argparse.ArgumentParser, containers: bool = False) -> None:
 
 
 def _run_options(args: argparse.Namespace):
+    from hutch.engine.devices import parse_devices
     from hutch.engine.options import (
         RunOptions,
         check_network,
@@ -140,6 +142,7 @@ def _run_options(args: argparse.Namespace):
         cap_drop=args.cap_drop,
         privileged=args.privileged,
         ulimits=[parse_ulimit(u) for u in args.ulimit],
+        devices=parse_devices(args.device),
         **parse_security_opts(args.security_opt),
     )
 

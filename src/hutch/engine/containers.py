@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hutch.db import Database
 from hutch.engine import etcfiles, specgen
+from hutch.engine.devices import rules_from_spec
 from hutch.engine.names import random_name
 from hutch.engine.options import RunOptions
 from hutch.engine.records import ContainerRecords, Record
@@ -120,6 +121,8 @@ class Engine:
         cgroup = _cgroup(record)
         cgroup.create()
         try:
+            # Before the init joins: it must never run without the device rules.
+            cgroup.set_devices(rules_from_spec(record.config["spec"]["linux"]["resources"]["devices"]))
             proc = spawn(
                 record.config["spec"],
                 str(self.container_dir(record.id) / "merged"),

@@ -63,6 +63,7 @@ class RunOptions:
         "no_new_privileges": False,
         "seccomp": "default",
         "ulimits": list,
+        "devices": list,
     }
     __slots__ = ("image", *_DEFAULTS)
 

@@ -6,6 +6,7 @@ as runc would, and the microVM backend will read the same document.
 
 from __future__ import annotations
 
+from hutch.engine.devices import device_spec
 from hutch.engine.options import RunOptions
 from hutch.engine.security import capability_set
 from hutch.runtime.init import USER_ANNOTATION
@@ -123,6 +124,7 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
     user = opts.user if opts.user is not None else (image_config.get("User") or "")
     # --privileged lifts Docker's masks and read-only kernel paths along with the capability limits.
     masked, readonly = ([], []) if opts.privileged else (list(MASKED_PATHS), list(READONLY_PATHS))
+    device_nodes, device_rules = device_spec(opts.devices, opts.privileged)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -144,5 +146,7 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
             "maskedPaths": masked,
             "readonlyPaths": readonly,
             "rootfsPropagation": "rprivate",
+            "devices": device_nodes,
+            "resources": {"devices": device_rules},
         },
     }

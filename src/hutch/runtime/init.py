@@ -202,6 +202,7 @@ def _build_rootfs(args: InitArgs) -> None:
     for entry in spec.get("mounts", []):
         rootfs.mount_entry(args.rootfs, entry)
     rootfs.create_default_devices(args.rootfs)
+    rootfs.create_spec_devices(args.rootfs, linux.get("devices", []))
     rootfs.mask_paths(args.rootfs, linux.get("maskedPaths", []), linux.get("readonlyPaths", []))
     rootfs.pivot_into(args.rootfs)
     if spec.get("root", {}).get("readonly"):

@@ -136,6 +136,25 @@ def create_default_devices(rootfs: str) -> None:
             os.symlink(target, path)
 
 
+def create_spec_devices(rootfs: str, devices: list[dict]) -> None:
+    """The spec's ``linux.devices`` (``--device``, or every host device with ``--privileged``): mknod each
+    node inside the root with its mode and owner; the cgroup decides what may be opened."""
+    old_umask = os.umask(0)
+    try:
+        for dev in devices:
+            # The parent is resolved inside the root; the last component is replaced, never followed.
+            parent, name = os.path.split(os.path.normpath(dev["path"]))
+            path = os.path.join(secure_join(rootfs, parent), name)
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            if os.path.lexists(path):
+                os.unlink(path)
+            kind = stat.S_IFCHR if dev["type"] == "c" else stat.S_IFBLK
+            os.mknod(path, kind | dev.get("fileMode", 0o666), os.makedev(dev["major"], dev["minor"]))
+            os.lchown(path, dev.get("uid", 0), dev.get("gid", 0))
+    finally:
+        os.umask(old_umask)
+
+
 def mask_paths(rootfs: str, masked: list[str], readonly: list[str]) -> None:
     """Hide kernel interfaces a container must not reach, and make others read-only.
 
