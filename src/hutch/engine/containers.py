@@ -123,6 +123,7 @@ class Engine:
         try:
             # Before the init joins: it must never run without the device rules.
             cgroup.set_devices(rules_from_spec(record.config["spec"]["linux"]["resources"]["devices"]))
+            program = self._seccomp_program(record.config["spec"])
             proc = spawn(
                 record.config["spec"],
                 str(self.container_dir(record.id) / "merged"),
@@ -130,12 +131,23 @@ class Engine:
                 cgroup=cgroup,
                 stdio=stdio,
                 die_with_parent=die_with_parent,
+                seccomp_program=program,
             )
         except BaseException:
             cgroup.destroy()
             raise
         self.records.mark_running(record.id, proc.pid, process_start_time(proc.pid))
         return proc
+
+    def _seccomp_program(self, spec: dict) -> bytes | None:
+        """The container's filter compiled to BPF here, in the parent, and cached per root: compiling
+        Docker's profile with libseccomp costs ~20 ms, loading a ready program ~1 ms."""
+        oci_filter = spec.get("linux", {}).get("seccomp")
+        if not oci_filter:
+            return None
+        from hutch.runtime import seccomp
+
+        return seccomp.prepare(oci_filter, str(self.root / "cache" / "seccomp"))
 
     def _overlay(self, record: Record) -> OverlayRoot:
         cdir = self.container_dir(record.id)

@@ -115,6 +115,18 @@ def _mounts(opts: RunOptions, etc_files: dict[str, str]) -> list[dict]:
     return mounts
 
 
+def _seccomp(opts: RunOptions, bounding_caps: list[str]) -> dict | None:
+    """Docker's profile (or the user's), resolved against the container's capabilities as Docker does
+    (``--cap-add SYS_ADMIN`` also enables the syscalls that need it); none with ``--privileged`` or
+    ``seccomp=unconfined``. A bad profile file fails here, before anything is created."""
+    from hutch.runtime import seccomp
+
+    profile = seccomp.profile_from_option(opts.seccomp)
+    if profile is None or opts.privileged:
+        return None
+    return seccomp.compile_for(profile, bounding_caps)
+
+
 def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: dict[str, str]) -> dict:
     """The complete runtime spec for one container."""
     namespaces = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
@@ -125,6 +137,7 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
     # --privileged lifts Docker's masks and read-only kernel paths along with the capability limits.
     masked, readonly = ([], []) if opts.privileged else (list(MASKED_PATHS), list(READONLY_PATHS))
     device_nodes, device_rules = device_spec(opts.devices, opts.privileged)
+    seccomp_filter = _seccomp(opts, caps)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -148,5 +161,6 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
             "rootfsPropagation": "rprivate",
             "devices": device_nodes,
             "resources": {"devices": device_rules},
+            **({"seccomp": seccomp_filter} if seccomp_filter else {}),
         },
     }

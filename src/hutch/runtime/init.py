@@ -19,7 +19,7 @@ import struct
 import termios
 
 from hutch.linux import syscalls as sc
-from hutch.runtime import capabilities, rootfs
+from hutch.runtime import capabilities, rootfs, seccomp
 from hutch.runtime.users import ExecUser, resolve_user
 
 NAMESPACE_FLAGS = {
@@ -63,6 +63,7 @@ class InitArgs:
         "console_socket",
         "stdio",
         "die_with_parent",
+        "seccomp_program",
     )
 
     def __init__(
@@ -75,6 +76,7 @@ class InitArgs:
         console_socket: object | None,
         stdio: tuple[int, int, int],
         die_with_parent: bool,
+        seccomp_program: bytes | None = None,
     ) -> None:
         self.spec = spec
         self.rootfs = rootfs
@@ -84,6 +86,7 @@ class InitArgs:
         self.console_socket = console_socket
         self.stdio = stdio
         self.die_with_parent = die_with_parent
+        self.seccomp_program = seccomp_program
 
 
 class InitError(Exception):
@@ -137,6 +140,12 @@ def _setup_and_exec(args: InitArgs) -> None:
     # Docker creates a missing working directory (owned by root) rather than failing.
     os.makedirs(cwd, mode=0o755, exist_ok=True)
     _set_rlimits(process.get("rlimits", []))
+    seccomp_filter = spec.get("linux", {}).get("seccomp")
+    no_new_privs = bool(process.get("noNewPrivileges"))
+    if seccomp_filter and not no_new_privs:
+        # why here: without no_new_privs only a holder of CAP_SYS_ADMIN may load a filter, and the uid switch
+        # drops it; everything after this point (setres[ug]id, capset, chdir, exec) the profile allows.
+        seccomp.load(seccomp_filter, args.seccomp_program)
     user = _switch_user(spec)
     env = list(process.get("env", []))
     if not any(item.startswith("HOME=") for item in env):
@@ -146,6 +155,8 @@ def _setup_and_exec(args: InitArgs) -> None:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVILEGES, 1)
     _close_extra_fds(args.error_fd)
     _reset_signals()
+    if seccomp_filter and no_new_privs:
+        seccomp.load(seccomp_filter, args.seccomp_program)  # as late as possible: fewer of our calls pass it
     if args.die_with_parent:
         # why: a foreground container must not outlive the hutch that is waiting for it; set last because a
         # uid change clears it.

@@ -36,6 +36,7 @@ def spawn(
     cgroup: object | None = None,
     stdio: tuple[int, int, int] = (0, 1, 2),
     die_with_parent: bool = False,
+    seccomp_program: bytes | None = None,
 ) -> ContainerProcess:
     """Fork the container's init and wait until it has exec'd its command (or failed to)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -49,7 +50,11 @@ def spawn(
         os.close(read_end)
         if parent_sock is not None:
             parent_sock.close()
-        init.run(init.InitArgs(spec, rootfs, overlay, cgroup, write_end, child_sock, stdio, die_with_parent))
+        init.run(
+            init.InitArgs(
+                spec, rootfs, overlay, cgroup, write_end, child_sock, stdio, die_with_parent, seccomp_program
+            )
+        )
     os.close(write_end)
     console = None
     if child_sock is not None:
