@@ -28,6 +28,7 @@ import json
 import os
 
 from hutch.errors import InvalidArgument
+from hutch.linux import syscalls as sc
 
 DEFAULT_PROFILE_PATH = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "data", "seccomp-default.json"
@@ -71,7 +72,6 @@ if _lib is not None:
     _lib.seccomp_load.argtypes = [ctypes.c_void_p]
     _lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
     _lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 # Actions (seccomp.h). ERRNO and TRACE carry a 16-bit value in the low bits.
 _ACT_KILL_PROCESS = 0x80000000
@@ -117,9 +117,6 @@ _FLAG_ATTRS = {
 _NR_SCMP_ERROR = -1
 _MERSENNE_61 = (1 << 61) - 1
 # seccomp(2) and prctl(2) for installing a compiled program (linux/seccomp.h, linux/prctl.h)
-_PR_SET_SECCOMP = 22
-_SECCOMP_MODE_FILTER = 2
-_SECCOMP_SET_MODE_FILTER = 1
 _FLAG_BITS = {
     "SECCOMP_FILTER_FLAG_TSYNC": 1,
     "SECCOMP_FILTER_FLAG_LOG": 2,
@@ -144,7 +141,6 @@ _NATIVE = {
 
 _default_profile: dict | None = None
 # the native number of seccomp(2), needed only for a compiled program with flags
-_SECCOMP_NR = _lib.seccomp_syscall_resolve_name(b"seccomp") if _lib is not None else -1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -414,13 +410,8 @@ def prepare(oci_seccomp: dict, cache_dir: str | None = None) -> bytes:
     return program
 
 
-class _SockFprog(ctypes.Structure):
-    # struct sock_fprog { unsigned short len; struct sock_filter *filter; };
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
 def load_program(program: bytes, flags: list[str] | tuple = ()) -> None:
-    """seccomp(SECCOMP_SET_MODE_FILTER, flags, program) for a program from ``compile_program``/``prepare``.
+    """Install a program from ``compile_program``/``prepare`` (the kernel call lives in ``hutch.linux``).
 
     Needs CAP_SYS_ADMIN or no_new_privileges, like ``load``."""
     if not program or len(program) % 8 or len(program) // 8 > 4096:
@@ -430,30 +421,7 @@ def load_program(program: bytes, flags: list[str] | tuple = ()) -> None:
         if flag not in _FLAG_BITS:
             raise OSError(errno.EINVAL, f"seccomp: unsupported flag {flag!r}")
         bits |= _FLAG_BITS[flag]
-    buf = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
-    if bits:
-        if _SECCOMP_NR < 0:
-            raise OSError(errno.ENOSYS, "seccomp: no seccomp(2) syscall number for this machine")
-        result = _libc.syscall(
-            ctypes.c_long(_SECCOMP_NR),
-            ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
-            ctypes.c_ulong(bits),
-            ctypes.byref(fprog),
-        )
-    else:
-        result = _libc.prctl(
-            _PR_SET_SECCOMP,
-            ctypes.c_ulong(_SECCOMP_MODE_FILTER),
-            ctypes.byref(fprog),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
-        )
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(
-            err, f"seccomp: installing the filter ({len(program) // 8} instructions): {os.strerror(err)}"
-        )
+    sc.seccomp_set_filter(program, bits)
 
 
 def _library_version() -> str:
