@@ -56,6 +56,13 @@ class Context:
 
         return ContainerRecords(self.db).using_image(image_id)
 
+    def close(self) -> None:
+        """Close the database and forget the objects built on it (before a fork: see engine.monitor)."""
+        if "db" in self.__dict__:
+            self.db.close()
+        for name in ("db", "images", "engine"):
+            self.__dict__.pop(name, None)
+
     def fresh(self) -> Context:
         """A new context with its own database connection, for a forked process."""
         return Context(self.root, self.runroot)

@@ -13,13 +13,20 @@ import os
 from hutch.errors import HutchError
 
 
-def start_detached(root, make_engine, record) -> None:
-    """Fork the monitor, which starts the container; return once the command has exec'd (or raise)."""
+def start_detached(ctx, record) -> None:
+    """Fork the monitor, which starts the container; return once the command has exec'd (or raise).
+
+    why close the database first: SQLite keeps per-process lock state for each open file; a child forked
+    while a connection is open inherits that state but not the kernel's fcntl locks, so even a new
+    connection in the child can believe it holds locks it does not, and its commits race (SQLite's docs
+    forbid carrying a connection across fork). The caller's context reopens it when next used.
+    """
+    ctx.close()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _monitor(make_engine, record, write_end)
+        _monitor(lambda: ctx.fresh().engine, record, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         raw = pipe.read()
@@ -66,7 +73,20 @@ def _monitor(make_engine, record, report_fd: int) -> None:
             os.write(report_fd, json.dumps({"code": 125, "message": f"monitor: {exc}"}).encode())
         except OSError:
             pass
+        _log_failure(make_engine, record)
     os._exit(code)
+
+
+def _log_failure(make_engine, record) -> None:
+    """Keep the traceback next to the container's logs: nobody else will ever see a monitor's error."""
+    import traceback
+
+    try:
+        path = make_engine().container_dir(record.id) / "monitor.log"
+        with open(path, "a") as f:
+            traceback.print_exc(file=f)
+    except Exception:  # noqa: BLE001 - nowhere left to report to
+        pass
 
 
 def _drain(console: int, out: int) -> None:
