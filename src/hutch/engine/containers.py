@@ -30,13 +30,18 @@ def exit_code_of(status: int) -> int:
 
 
 def process_start_time(pid: int) -> str:
-    """Field 22 of /proc/PID/stat: with the pid it identifies a process even after pid reuse."""
+    """Field 22 of /proc/PID/stat: with the pid it identifies a process even after pid reuse.
+
+    A zombie counts as gone (empty string): it has exited, and on hosts whose pid 1 does not reap orphans
+    (this one) an exited monitor would otherwise look alive forever.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return ""
-    return data[data.rfind(b")") + 2 :].split()[19].decode()
+    fields = data[data.rfind(b")") + 2 :].split()
+    return "" if fields[0] in (b"Z", b"X") else fields[19].decode()
 
 
 class Engine:
@@ -85,6 +90,7 @@ class Engine:
                     "layers": [str(p) for p in layers],
                     "options": _options_dict(opts),
                     "cgroup": _cgroup_paths(cid),
+                    "stop_signal": image.run_config.get("StopSignal"),
                 },
             )
             self._insert_with_name(record, opts.name)
@@ -136,7 +142,12 @@ class Engine:
         except BaseException:
             cgroup.destroy()
             raise
-        self.records.mark_running(record.id, proc.pid, process_start_time(proc.pid))
+        # This process reaps the init (a foreground hutch run or a monitor); recorded so that others wait for
+        # it to write the exit code instead of declaring the container dead themselves.
+        me = os.getpid()
+        self.records.mark_running(
+            record.id, proc.pid, process_start_time(proc.pid), f"{me}:{process_start_time(me)}"
+        )
         return proc
 
     def _seccomp_program(self, spec: dict) -> bytes | None:
@@ -176,10 +187,14 @@ class Engine:
     # --- list / remove ----------------------------------------------------------------------------------
 
     def reconcile(self, record: Record) -> Record:
-        """A record marked running whose init is gone (its hutch or monitor was killed) becomes exited."""
+        """A record marked running whose init and reaper are both gone (hutch or its monitor was killed)
+        becomes exited. While the reaper lives it will record the real exit code, so it is left alone."""
         if record.state != "running":
             return record
         if record.pid and process_start_time(record.pid) == record.pid_start:
+            return record
+        reaper_pid, _, reaper_start = record.reaper.partition(":")
+        if reaper_pid.isdigit() and process_start_time(int(reaper_pid)) == reaper_start:
             return record
         _cgroup(record).destroy()
         self.records.mark_exited(record.id, 137 if record.exit_code is None else record.exit_code)

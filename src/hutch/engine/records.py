@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS containers (
     exit_code INTEGER,
     started REAL,
     finished REAL,
-    config TEXT NOT NULL
+    config TEXT NOT NULL,
+    reaper TEXT NOT NULL DEFAULT ''    -- "pid:start time" of the process that waits for the init
 );
 """
 STATES = ("created", "running", "exited", "removing")
@@ -47,6 +48,7 @@ class Record:
         "started",
         "finished",
         "config",
+        "reaper",
     )
 
     def __init__(
@@ -63,6 +65,7 @@ class Record:
         started: float | None = None,
         finished: float | None = None,
         config: dict | None = None,
+        reaper: str = "",
     ) -> None:
         self.id = id
         self.name = name
@@ -76,6 +79,7 @@ class Record:
         self.started = started
         self.finished = finished
         self.config = config or {}
+        self.reaper = reaper
 
 
 class ContainerRecords:
@@ -89,7 +93,7 @@ class ContainerRecords:
         try:
             with self.db.transaction() as conn:
                 conn.execute(
-                    "INSERT INTO containers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO containers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         record.id,
                         record.name,
@@ -103,6 +107,7 @@ class ContainerRecords:
                         record.started,
                         record.finished,
                         json.dumps(record.config),
+                        record.reaper,
                     ),
                 )
         except Exception as err:
@@ -110,12 +115,12 @@ class ContainerRecords:
                 raise Conflict(f'the container name "/{record.name}" is already in use')
             raise
 
-    def mark_running(self, cid: str, pid: int, pid_start: str) -> None:
+    def mark_running(self, cid: str, pid: int, pid_start: str, reaper: str) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE containers SET state='running', pid=?, pid_start=?, started=?, exit_code=NULL,"
-                " finished=NULL WHERE id=?",
-                (pid, pid_start, time.time(), cid),
+                "UPDATE containers SET state='running', pid=?, pid_start=?, reaper=?, started=?,"
+                " exit_code=NULL, finished=NULL WHERE id=?",
+                (pid, pid_start, reaper, time.time(), cid),
             )
 
     def mark_exited(self, cid: str, exit_code: int) -> None:
