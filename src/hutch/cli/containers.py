@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
         return only is None or only == name
 
     if wanted("run"):
-        _add_run(sub.add_parser("run", help="run a command in a new container", conflict_handler="resolve"))
+        add_run_arguments(
+            sub.add_parser("run", help="run a command in a new container", conflict_handler="resolve")
+        )
     if wanted("ps"):
         _add_ps(sub.add_parser("ps", help="list containers"))
     if wanted("rm"):
@@ -33,7 +35,9 @@ def _register_container_group(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("container", help="manage containers").add_subparsers(
         dest="container_command", metavar="COMMAND"
     )
-    _add_run(group.add_parser("run", help="run a command in a new container", conflict_handler="resolve"))
+    add_run_arguments(
+        group.add_parser("run", help="run a command in a new container", conflict_handler="resolve")
+    )
     _add_ps(group.add_parser("ls", aliases=["ps", "list"], help="list containers"))
     _add_rm(group.add_parser("rm", aliases=["remove"], help="remove containers"))
     _add_inspect(
@@ -41,7 +45,8 @@ def _register_container_group(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_run(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``run`` (and ``create``, which takes the same)."""
     p.add_argument("--rm", dest="remove", action="store_true", help="remove the container when it exits")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background and print its id")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
@@ -101,7 +106,8 @@ def _add_inspect(p: argparse.ArgumentParser, containers: bool = False) -> None:
     p.set_defaults(handler=cmd_inspect)
 
 
-def _run_options(args: argparse.Namespace):
+def run_options(args: argparse.Namespace):
+    """``RunOptions`` from parsed ``run``/``create`` flags; bad values fail before anything exists."""
     from hutch.engine.devices import parse_devices
     from hutch.engine.options import (
         RunOptions,
@@ -151,7 +157,7 @@ def cmd_run(args: argparse.Namespace, ctx) -> int:
     """``hutch run``: the container's exit status becomes ours."""
     from hutch.errors import InvalidArgument
 
-    opts = _run_options(args)
+    opts = run_options(args)
     if opts.detach and opts.remove and opts.interactive:
         raise InvalidArgument("--rm with -d -i is not supported")
     engine = ctx.engine
@@ -160,18 +166,20 @@ def cmd_run(args: argparse.Namespace, ctx) -> int:
         from hutch.engine.monitor import start_detached
 
         try:
-            start_detached(ctx.root, lambda: ctx.fresh().engine, record)
+            start_detached(ctx, record)
         except BaseException:
             if opts.remove:
-                engine.remove(record.id, force=True)
+                ctx.engine.remove(record.id, force=True)
             raise
         print(record.id)
         return 0
-    return _run_attached(engine, record, opts)
+    return run_attached(engine, record, opts.interactive)
 
 
-def _run_attached(engine, record, opts) -> int:
-    stdin = sys.stdin.fileno() if opts.interactive else os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+def run_attached(engine, record, interactive: bool) -> int:
+    """Start ``record`` in the foreground: its exit status becomes ours, signals are forwarded and a pty
+    (when the spec asks for a terminal) relayed."""
+    stdin = sys.stdin.fileno() if interactive else os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     # why block: a signal arriving between the exec and the handlers below would kill hutch instead of
     # reaching the container; blocked, it waits and is forwarded once the handlers are in place.
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
@@ -179,7 +187,7 @@ def _run_attached(engine, record, opts) -> int:
         proc = engine.start(record, (stdin, sys.stdout.fileno(), sys.stderr.fileno()), die_with_parent=True)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-        if opts.remove:
+        if record.config.get("options", {}).get("remove"):
             engine.remove(record.id, force=True)
         raise
     for sig in _FORWARDED:
@@ -188,7 +196,7 @@ def _run_attached(engine, record, opts) -> int:
     if proc.console is not None:
         from hutch.cli.terminal import relay
 
-        relay(proc.console, opts.interactive)
+        relay(proc.console, interactive)
     _, status = os.waitpid(proc.pid, 0)
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_IGN)

@@ -17,6 +17,8 @@ _GROUPS = {
     "hutch.cli.images": ("images", "import", "load", "save", "tag", "rmi", "image"),
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
     "hutch.cli.system": ("info",),
+    "hutch.cli.execs": ("exec",),
+    "hutch.cli.lifecycle": ("create", "start", "stop", "restart", "kill", "wait", "logs"),
 }
 _GLOBAL_WITH_VALUE = ("--root", "--runroot")
 

@@ -1,0 +1,142 @@
+"""create, start, stop, kill, restart, wait, logs: the container lifecycle without a daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
+    """Add the lifecycle commands (just ``only`` when given)."""
+    from hutch.cli.containers import add_run_arguments
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    if wanted("create"):
+        p = sub.add_parser(
+            "create", help="create a container without starting it", conflict_handler="resolve"
+        )
+        add_run_arguments(p)
+        p.set_defaults(handler=cmd_create)
+    if wanted("start"):
+        p = sub.add_parser("start", help="start created or stopped containers")
+        p.add_argument("-a", "--attach", action="store_true", help="attach output and wait for the exit")
+        p.add_argument("-i", "--interactive", action="store_true", help="attach stdin")
+        p.add_argument("containers", nargs="+", metavar="CONTAINER")
+        p.set_defaults(handler=cmd_start)
+    for name, text in (("stop", "stop running containers"), ("restart", "restart containers")):
+        if wanted(name):
+            p = sub.add_parser(name, help=text)
+            p.add_argument("-t", "--time", type=float, default=10.0, help="seconds to wait before killing")
+            p.add_argument("containers", nargs="+", metavar="CONTAINER")
+            p.set_defaults(handler=cmd_stop if name == "stop" else cmd_restart)
+    if wanted("kill"):
+        p = sub.add_parser("kill", help="send a signal to running containers")
+        p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+        p.add_argument("containers", nargs="+", metavar="CONTAINER")
+        p.set_defaults(handler=cmd_kill)
+    if wanted("wait"):
+        p = sub.add_parser("wait", help="wait for containers to exit and print their exit codes")
+        p.add_argument("containers", nargs="+", metavar="CONTAINER")
+        p.set_defaults(handler=cmd_wait)
+    if wanted("logs"):
+        p = sub.add_parser("logs", help="print a detached container's output")
+        p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
+        p.add_argument("-n", "--tail", default="all", help="only the last N lines of each stream")
+        p.add_argument("container", metavar="CONTAINER")
+        p.set_defaults(handler=cmd_logs)
+
+
+def _each(refs: list[str], action) -> int:
+    """Docker's multi-container behaviour: act on each, report failures, fail if any failed."""
+    from hutch.errors import HutchError
+
+    status = 0
+    for ref in refs:
+        try:
+            action(ref)
+        except HutchError as err:
+            print(f"hutch: {err}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_create(args: argparse.Namespace, ctx) -> int:
+    from hutch.cli.containers import run_options
+
+    record = ctx.engine.create(run_options(args))
+    print(record.id)
+    return 0
+
+
+def _start_one(ctx, ref: str, attach: bool, interactive: bool) -> int:
+    from hutch.errors import Conflict
+
+    engine = ctx.engine
+    record = engine.lookup(ref)
+    if record.state == "running":
+        if attach:
+            raise Conflict(f"container {record.name} is already running")
+        return 0
+    if attach:
+        from hutch.cli.containers import run_attached
+
+        return run_attached(engine, record, interactive)
+    from hutch.engine.monitor import start_detached
+
+    start_detached(ctx, record)
+    return 0
+
+
+def cmd_start(args: argparse.Namespace, ctx) -> int:
+    """``start -a`` returns the container's exit code, as Docker does; otherwise names are printed."""
+    if args.attach:
+        if len(args.containers) > 1:
+            from hutch.errors import InvalidArgument
+
+            raise InvalidArgument("you cannot start and attach multiple containers at once")
+        return _start_one(ctx, args.containers[0], True, args.interactive)
+    return _each(args.containers, lambda ref: (_start_one(ctx, ref, False, False), print(ref)))
+
+
+def cmd_stop(args: argparse.Namespace, ctx) -> int:
+    from hutch.engine.lifecycle import stop
+
+    return _each(args.containers, lambda ref: (stop(ctx.engine, ref, args.time), print(ref)))
+
+
+def cmd_restart(args: argparse.Namespace, ctx) -> int:
+    from hutch.engine.lifecycle import stop
+
+    def restart(ref: str) -> None:
+        stop(ctx.engine, ref, args.time)
+        _start_one(ctx, ref, False, False)
+        print(ref)
+
+    return _each(args.containers, restart)
+
+
+def cmd_kill(args: argparse.Namespace, ctx) -> int:
+    from hutch.engine.lifecycle import kill, parse_signal
+
+    sig = parse_signal(args.signal)
+    return _each(args.containers, lambda ref: (kill(ctx.engine, ref, sig), print(ref)))
+
+
+def cmd_wait(args: argparse.Namespace, ctx) -> int:
+    from hutch.engine.lifecycle import wait_exited
+
+    return _each(args.containers, lambda ref: print(wait_exited(ctx.engine, ref).exit_code))
+
+
+def cmd_logs(args: argparse.Namespace, ctx) -> int:
+    """Both streams as the container wrote them (stdout to stdout, stderr to stderr)."""
+    from hutch.engine.logs import follow, tail
+
+    record = ctx.engine.lookup(args.container)
+    if args.follow:
+        follow(ctx.engine, record, sys.stdout.buffer, sys.stderr.buffer)
+    else:
+        tail(ctx.engine, record, args.tail, sys.stdout.buffer, sys.stderr.buffer)
+    return 0

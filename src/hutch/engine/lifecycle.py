@@ -1,0 +1,81 @@
+"""Stopping, signalling and waiting for containers that another hutch process (or a monitor) started.
+
+Without a daemon, the process that reaps a container is its monitor (``-d``) or the ``hutch run`` in the
+foreground; these functions only signal the init and watch the record, and a record whose init vanished is
+reconciled by ``Engine.lookup``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from hutch.engine.containers import Engine, process_start_time
+from hutch.engine.records import Record
+from hutch.errors import Conflict, InvalidArgument
+
+_POLL = 0.01
+
+
+def parse_signal(text: str) -> int:
+    """``KILL``, ``SIGKILL`` or ``9``, as ``docker kill -s`` takes it."""
+    if text.isdigit():
+        number = int(text)
+        if not 0 < number < signal.NSIG:
+            raise InvalidArgument(f"invalid signal {text!r}")
+        return number
+    name = text.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    value = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+    if value is None:
+        raise InvalidArgument(f"invalid signal {text!r}")
+    return int(value)
+
+
+def _alive(record: Record) -> bool:
+    return bool(record.pid) and process_start_time(record.pid) == record.pid_start
+
+
+def kill(engine: Engine, ref: str, sig: int = signal.SIGKILL) -> Record:
+    """Send ``sig`` to the container's init (pid 1 inside), as ``docker kill`` does."""
+    record = engine.lookup(ref)
+    if record.state != "running" or not _alive(record):
+        raise Conflict(f"cannot kill container {record.name}: container is not running")
+    try:
+        os.kill(record.pid, sig)
+    except ProcessLookupError:
+        pass
+    return record
+
+
+def wait_exited(engine: Engine, ref: str, timeout: float | None = None) -> Record:
+    """Block until the container has exited and its exit is recorded (by its monitor or its hutch run)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        record = engine.lookup(ref)
+        if record.state != "running":
+            return record
+        if deadline is not None and time.monotonic() >= deadline:
+            return record
+        time.sleep(_POLL)
+
+
+def stop(engine: Engine, ref: str, timeout: float = 10.0) -> Record:
+    """The image's StopSignal (default SIGTERM), then SIGKILL to the whole cgroup after ``timeout``."""
+    record = engine.lookup(ref)
+    if record.state != "running":
+        return record
+    spec_signal = record.config.get("stop_signal") or "SIGTERM"
+    try:
+        os.kill(record.pid, parse_signal(spec_signal))
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while _alive(record) and time.monotonic() < deadline:
+        time.sleep(_POLL)
+    if _alive(record):
+        from hutch.engine.containers import _cgroup
+
+        _cgroup(record).kill_all(signal.SIGKILL)
+    return wait_exited(engine, record.id, timeout=10.0)
