@@ -12,7 +12,7 @@ import copy
 
 from hutch.engine.containers import _cgroup, process_start_time
 from hutch.errors import HutchError, InvalidArgument
-from hutch.runtime.init import USER_ANNOTATION
+from hutch.runtime.process import USER_ANNOTATION
 from hutch.runtime.spawn import ContainerProcess
 
 

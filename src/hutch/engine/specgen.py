@@ -9,7 +9,7 @@ from __future__ import annotations
 from hutch.engine.devices import device_spec
 from hutch.engine.options import RunOptions
 from hutch.engine.security import capability_set
-from hutch.runtime.init import USER_ANNOTATION
+from hutch.runtime.process import USER_ANNOTATION
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

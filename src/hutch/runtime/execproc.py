@@ -23,8 +23,10 @@ import socket
 
 from hutch.errors import HutchError
 from hutch.linux import syscalls as sc
-from hutch.runtime import init, seccomp
-from hutch.runtime.init import NAMESPACE_FLAGS, InitError
+from hutch.runtime import process as setup
+from hutch.runtime import seccomp
+from hutch.runtime.init import NAMESPACE_FLAGS
+from hutch.runtime.process import InitError
 from hutch.runtime.spawn import ContainerProcess, _error_from, _read_all, _receive_console
 
 # OCI namespace type -> the name of its file in /proc/<pid>/ns.
@@ -137,11 +139,11 @@ def _child(
             spec, ns_fds, cgroup, error_fd, console_socket, stdio, die_with_parent, seccomp_program
         )
     except InitError as err:
-        init._report(error_fd, err.code, str(err))
+        setup.report(error_fd, err.code, str(err))
     except (OSError, HutchError) as err:
-        init._report(error_fd, 125, str(err))
+        setup.report(error_fd, 125, str(err))
     except BaseException as err:  # noqa: BLE001 - anything escaping here must still end this process
-        init._report(error_fd, 125, f"exec: {err.__class__.__name__}: {err}")
+        setup.report(error_fd, 125, f"exec: {err.__class__.__name__}: {err}")
     os._exit(125)
 
 
@@ -159,33 +161,33 @@ def _setup_and_exec(
     # why first: until exec, /proc/<pid>/exe of this process is the host's Python and the process is visible
     # in the container's pid namespace; non-dumpable keeps the container from opening it (CVE-2019-5736).
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    init._set_stdio(stdio)
+    setup.set_stdio(stdio)
     os.setsid()
     if cgroup is not None:
         cgroup.add_process(0)  # why before setns: the container's mount namespace hides the host's cgroupfs
     _join_namespaces(ns_fds)
     if process.get("terminal"):
-        init._attach_console(console_socket)  # /dev/ptmx is now the container's: its own devpts instance
-    init._set_rlimits(process.get("rlimits", []))
+        setup.attach_console(console_socket)  # /dev/ptmx is now the container's: its own devpts instance
+    setup.set_rlimits(process.get("rlimits", []))
     seccomp_filter = spec.get("linux", {}).get("seccomp")
     no_new_privs = bool(process.get("noNewPrivileges"))
     if seccomp_filter and not no_new_privs:
         seccomp.load(seccomp_filter, seccomp_program)  # while we still hold CAP_SYS_ADMIN, as init does
-    user = init._switch_user(spec)
+    user = setup.switch_user(spec)
     env = list(process.get("env", []))
     if not any(item.startswith("HOME=") for item in env):
         env.append(f"HOME={user.home}")
     # Unlike run, a missing working directory is an error (Docker's exec does not create it).
-    init._enter_cwd(process.get("cwd", "/"))
+    setup.enter_cwd(process.get("cwd", "/"))
     if no_new_privs:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVILEGES, 1)
-    init._close_extra_fds(error_fd)
-    init._reset_signals()
+    setup.close_extra_fds(error_fd)
+    setup.reset_signals()
     if seccomp_filter and no_new_privs:
         seccomp.load(seccomp_filter, seccomp_program)
     if die_with_parent:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # last: the uid switch clears it
-    init._exec(process["args"], env)
+    setup.exec_command(process["args"], env)
 
 
 def _join_namespaces(ns_fds: dict[str, int]) -> None:

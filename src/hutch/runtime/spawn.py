@@ -80,7 +80,11 @@ def _fork_in_new_pidns(new_pidns: bool) -> int:
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
         sc.unshare(sc.CLONE_NEWPID)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            sc.setns(own, sc.CLONE_NEWPID)  # a failed fork must not leave our next child in the new pidns
+            raise
         if pid != 0:
             # why: unshare(CLONE_NEWPID) only sets the namespace for our children; joining our own again
             # keeps any later fork of this process (a monitor, a second container) in the host namespace.
