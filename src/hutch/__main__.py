@@ -1,5 +1,3 @@
-import sys
+from hutch.cli.main import entry
 
-from hutch.cli.main import main
-
-sys.exit(main())
+entry()

@@ -36,3 +36,36 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     os.rename(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree whose contents a container controlled, never following a symlink in it.
+
+    Every step is relative to a directory fd opened with O_NOFOLLOW, so a symlink planted in an upper dir
+    is unlinked, not followed (the same rule as shutil's fd-based rmtree; shutil itself loads bz2 and lzma,
+    ~5 ms of every ``hutch run --rm``). A missing tree is fine.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        _empty_dir(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _empty_dir(dir_fd: int) -> None:
+    with os.scandir(dir_fd) as entries:
+        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for name, is_dir in names:
+        if not is_dir:
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            _empty_dir(child)
+        finally:
+            os.close(child)
+        os.rmdir(name, dir_fd=dir_fd)

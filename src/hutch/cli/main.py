@@ -8,6 +8,7 @@ loads the code behind ``hutch save``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -91,5 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def entry() -> None:
+    """The console script: ``main``, then exit without the interpreter's teardown.
+
+    why: tearing down the modules a ``hutch run`` loaded costs ~20 ms, a sixth of the whole command, and
+    buys nothing: every database transaction is committed before ``main`` returns (SQLite's WAL needs no
+    close), files are closed by their context managers, and stdio is flushed here.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

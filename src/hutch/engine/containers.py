@@ -242,11 +242,13 @@ class Engine:
 
 
 def _rmtree(path: Path) -> None:
-    """shutil's fd-based rmtree (it never follows a symlink the container planted in its upper dir);
-    imported here because shutil loads bz2 and lzma, which the rest of ``hutch run`` never needs."""
-    import shutil
+    """Best effort: a container directory that cannot be fully removed is left for ``hutch rm`` to retry."""
+    from hutch.fsutil import remove_tree
 
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        remove_tree(path)
+    except OSError:
+        pass
 
 
 def _cgroup_paths(cid: str) -> dict[str, str]:
