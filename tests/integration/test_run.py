@@ -358,3 +358,11 @@ def test_corrupt_tarball_import_is_one_line_and_changes_nothing(hutch, busybox, 
     result = hutch("import", str(bad), "broken")
     assert result.code == 125 and len(result.err.strip().splitlines()) == 1
     assert hutch.ok("images", "-q") == before
+
+
+def test_the_command_runs_inside_its_own_cgroup(hutch, busybox):
+    out = hutch.ok("run", "--rm", busybox, "cat", "/proc/self/cgroup")
+    paths = {controllers: path for _, controllers, path in (line.split(":", 2) for line in out.splitlines())}
+    # v1 (and hybrid): the pids hierarchy; pure v2: the unified line
+    path = paths.get("pids") or paths[""]
+    assert "/hutch/" in path and len(path.rsplit("/", 1)[-1]) == 64, out

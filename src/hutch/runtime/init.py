@@ -41,7 +41,7 @@ class InitArgs:
         "spec",
         "rootfs",
         "overlay",
-        "cgroup",
+        "cgroup_joined_fd",
         "error_fd",
         "console_socket",
         "stdio",
@@ -54,7 +54,7 @@ class InitArgs:
         spec: dict,
         rootfs: str,
         overlay: rootfs.OverlayRoot | None,
-        cgroup: object | None,
+        cgroup_joined_fd: int | None,
         error_fd: int,
         console_socket: object | None,
         stdio: tuple[int, int, int],
@@ -64,7 +64,7 @@ class InitArgs:
         self.spec = spec
         self.rootfs = rootfs
         self.overlay = overlay
-        self.cgroup = cgroup
+        self.cgroup_joined_fd = cgroup_joined_fd
         self.error_fd = error_fd
         self.console_socket = console_socket
         self.stdio = stdio
@@ -96,8 +96,6 @@ def _setup_and_exec(args: InitArgs) -> None:
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     setup.set_stdio(args.stdio)
     os.setsid()
-    if args.cgroup is not None:
-        args.cgroup.add_process(0)
     _enter_namespaces(spec.get("linux", {}).get("namespaces", []))
     _build_rootfs(args)
     if spec.get("hostname"):
@@ -107,6 +105,7 @@ def _setup_and_exec(args: InitArgs) -> None:
     cwd = process.get("cwd", "/")
     # Docker creates a missing working directory (owned by root) rather than failing.
     os.makedirs(cwd, mode=0o755, exist_ok=True)
+    _wait_for_cgroup(args.cgroup_joined_fd)
     setup.set_rlimits(process.get("rlimits", []))
     seccomp_filter = spec.get("linux", {}).get("seccomp")
     no_new_privs = bool(process.get("noNewPrivileges"))
@@ -130,6 +129,17 @@ def _setup_and_exec(args: InitArgs) -> None:
         # uid change clears it.
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     setup.exec_command(process["args"], env)
+
+
+def _wait_for_cgroup(fd: int | None) -> None:
+    """Block until the parent has moved us into the container's cgroup (see ``spawn``); EOF means it could
+    not, and the container must not start outside its limits."""
+    if fd is None:
+        return
+    joined = os.read(fd, 1)
+    os.close(fd)
+    if joined != b"1":
+        raise InitError(125, "the container could not be placed in its cgroup")
 
 
 def _enter_namespaces(namespaces: list[dict]) -> None:

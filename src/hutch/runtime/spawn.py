@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 from hutch.errors import CommandNotExecutable, CommandNotFound, HutchError
 from hutch.linux import syscalls as sc
@@ -38,8 +39,15 @@ def spawn(
     die_with_parent: bool = False,
     seccomp_program: bytes | None = None,
 ) -> ContainerProcess:
-    """Fork the container's init and wait until it has exec'd its command (or failed to)."""
+    """Fork the container's init and wait until it has exec'd its command (or failed to).
+
+    why the parent moves the child into its cgroup: on cgroup v1 the first migration waits for an RCU grace
+    period inside the kernel (10-30 ms here). Done by the parent, it overlaps with the child building its
+    root filesystem; the child waits for the "joined" byte before it drops privileges and execs, so nothing
+    of the container's ever runs outside its cgroup.
+    """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    joined_read, joined_write = os.pipe2(os.O_CLOEXEC) if cgroup is not None else (None, None)
     parent_sock = child_sock = None
     if spec["process"].get("terminal"):
         import socket
@@ -48,14 +56,27 @@ def spawn(
     pid = _fork_in_new_pidns(_wants_new_pidns(spec))
     if pid == 0:
         os.close(read_end)
+        if joined_write is not None:
+            os.close(joined_write)
         if parent_sock is not None:
             parent_sock.close()
         init.run(
             init.InitArgs(
-                spec, rootfs, overlay, cgroup, write_end, child_sock, stdio, die_with_parent, seccomp_program
+                spec,
+                rootfs,
+                overlay,
+                joined_read,
+                write_end,
+                child_sock,
+                stdio,
+                die_with_parent,
+                seccomp_program,
             )
         )
     os.close(write_end)
+    if cgroup is not None:
+        os.close(joined_read)
+        _join_cgroup(cgroup, pid, joined_write)
     console = None
     if child_sock is not None:
         child_sock.close()
@@ -67,6 +88,22 @@ def spawn(
             os.close(console)
         raise _error_from(failure)
     return ContainerProcess(pid, console)
+
+
+def _join_cgroup(cgroup, pid: int, joined_write: int) -> None:
+    """Move the child into its cgroup and tell it so; on failure the child is killed before it can exec."""
+    try:
+        cgroup.add_process(pid)
+    except BaseException:
+        os.close(joined_write)  # EOF: the child gives up
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        raise
+    os.write(joined_write, b"1")
+    os.close(joined_write)
 
 
 def _wants_new_pidns(spec: dict) -> bool:
