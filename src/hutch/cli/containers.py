@@ -8,8 +8,6 @@ import os
 import signal
 import sys
 
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
 
 def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
     """Add the container commands to the top-level parser (just ``only`` when given)."""
@@ -179,35 +177,20 @@ def cmd_run(args: argparse.Namespace, ctx) -> int:
 def run_attached(engine, record, interactive: bool) -> int:
     """Start ``record`` in the foreground: its exit status becomes ours, signals are forwarded and a pty
     (when the spec asks for a terminal) relayed."""
+    from hutch.cli.terminal import FORWARDED_SIGNALS, attend
+
     stdin = sys.stdin.fileno() if interactive else os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     # why block: a signal arriving between the exec and the handlers below would kill hutch instead of
     # reaching the container; blocked, it waits and is forwarded once the handlers are in place.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
         proc = engine.start(record, (stdin, sys.stdout.fileno(), sys.stderr.fileno()), die_with_parent=True)
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
         if record.config.get("options", {}).get("remove"):
             engine.remove(record.id, force=True)
         raise
-    for sig in _FORWARDED:
-        signal.signal(sig, lambda signum, _frame: _forward(proc.pid, signum))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-    if proc.console is not None:
-        from hutch.cli.terminal import relay
-
-        relay(proc.console, interactive)
-    _, status = os.waitpid(proc.pid, 0)
-    for sig in _FORWARDED:
-        signal.signal(sig, signal.SIG_IGN)
-    return engine.finish(record, status)
-
-
-def _forward(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+    return engine.finish(record, attend(proc.pid, proc.console, interactive))
 
 
 def _status(record) -> str:

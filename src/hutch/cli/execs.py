@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+from hutch.cli.terminal import FORWARDED_SIGNALS as _FORWARDED
 
 
 def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
@@ -76,24 +76,8 @@ def cmd_exec(args: argparse.Namespace, ctx) -> int:
 
 
 def _attend(proc, interactive: bool) -> int:
-    """Forward signals (handlers first, then unblock), relay the pty, wait: the exit status is ours."""
+    """Forward signals, relay the pty, wait: the process's exit status becomes ours."""
+    from hutch.cli.terminal import attend
     from hutch.engine.containers import exit_code_of
 
-    for sig in _FORWARDED:
-        signal.signal(sig, lambda signum, _frame: _forward(proc.pid, signum))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-    if proc.console is not None:
-        from hutch.cli.terminal import relay
-
-        relay(proc.console, interactive)
-    _, status = os.waitpid(proc.pid, 0)
-    for sig in _FORWARDED:
-        signal.signal(sig, signal.SIG_IGN)
-    return exit_code_of(status)
-
-
-def _forward(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+    return exit_code_of(attend(proc.pid, proc.console, interactive))

@@ -68,3 +68,37 @@ def _pump(master: int, stdin: int | None, stdout: int) -> None:
                 stdin = None
                 continue
             os.write(master, data)
+
+
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+def attend(pid: int, console: int | None, interactive: bool) -> int:
+    """Forward signals to ``pid`` (install handlers, then unblock what the caller blocked across the
+    start), relay its pty if it has one, wait for it, and return its raw wait status.
+
+    The caller blocks FORWARDED_SIGNALS before starting the process, so a signal that arrives between the
+    exec and the handlers waits instead of killing hutch."""
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    if console is not None:
+        relay(console, interactive)
+    _, status = os.waitpid(pid, 0)
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    return status
+
+
+def _forward(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
