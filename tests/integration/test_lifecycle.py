@@ -91,3 +91,20 @@ def test_lifecycle_errors_are_one_line(hutch, busybox):
     for argv in (("stop", "ghost"), ("kill", "ghost"), ("start", "ghost"), ("logs", "ghost")):
         result = hutch(*argv)
         assert result.code != 0 and len(result.err.strip().splitlines()) == 1, argv
+
+
+def test_rename_top_and_prune(hutch, busybox):
+    try:
+        hutch.ok("run", "-d", "--name", "before", busybox, "sh", "-c", "sleep 300 & sleep 301")
+        hutch.ok("rename", "before", "after")
+        assert "after" in hutch.ok("ps") and "before" not in hutch.ok("ps")
+        top = hutch.ok("top", "after").splitlines()
+        assert top[0].split() == ["UID", "PID", "PPID", "TIME", "CMD"]
+        assert {line.split(None, 4)[4] for line in top[1:]} == {"sleep 300", "sleep 301"}
+        hutch.ok("create", "--name", "idle", busybox, "true")
+        assert hutch("rename", "after", "idle").code == 125  # the name is taken
+        pruned = hutch.ok("container", "prune", "-f")
+        assert "Total reclaimed containers: 1" in pruned
+        assert "idle" not in hutch.ok("ps", "-a") and "after" in hutch.ok("ps")
+    finally:
+        hutch("rm", "-f", "after")

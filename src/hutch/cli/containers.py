@@ -38,6 +38,9 @@ def _register_container_group(sub: argparse._SubParsersAction) -> None:
     )
     _add_ps(group.add_parser("ls", aliases=["ps", "list"], help="list containers"))
     _add_rm(group.add_parser("rm", aliases=["remove"], help="remove containers"))
+    prune = group.add_parser("prune", help="remove all stopped containers")
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask (hutch never asks)")
+    prune.set_defaults(handler=cmd_prune)
     _add_inspect(
         group.add_parser("inspect", help="show low-level information on containers"), containers=True
     )
@@ -284,3 +287,14 @@ def cmd_inspect(args: argparse.Namespace, ctx) -> int:
             status = 1
     print(json.dumps(results, indent=4))
     return status
+
+
+def cmd_prune(args: argparse.Namespace, ctx) -> int:
+    """``container prune``: Docker's output, the removed ids then a total."""
+    removed = ctx.engine.prune()
+    if removed:
+        print("Deleted Containers:")
+        for cid in removed:
+            print(cid)
+    print(f"Total reclaimed containers: {len(removed)}")
+    return 0

@@ -40,6 +40,15 @@ def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
         p = sub.add_parser("wait", help="wait for containers to exit and print their exit codes")
         p.add_argument("containers", nargs="+", metavar="CONTAINER")
         p.set_defaults(handler=cmd_wait)
+    if wanted("rename"):
+        p = sub.add_parser("rename", help="rename a container")
+        p.add_argument("container", metavar="CONTAINER")
+        p.add_argument("new_name", metavar="NEW_NAME")
+        p.set_defaults(handler=cmd_rename)
+    if wanted("top"):
+        p = sub.add_parser("top", help="show the processes of a running container")
+        p.add_argument("container", metavar="CONTAINER")
+        p.set_defaults(handler=cmd_top)
     if wanted("logs"):
         p = sub.add_parser("logs", help="print a detached container's output")
         p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
@@ -139,4 +148,21 @@ def cmd_logs(args: argparse.Namespace, ctx) -> int:
         follow(ctx.engine, record, sys.stdout.buffer, sys.stderr.buffer)
     else:
         tail(ctx.engine, record, args.tail, sys.stdout.buffer, sys.stderr.buffer)
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace, ctx) -> int:
+    ctx.engine.rename(args.container, args.new_name)
+    return 0
+
+
+def cmd_top(args: argparse.Namespace, ctx) -> int:
+    """``top``: Docker prints ``ps -ef`` columns for the container's processes."""
+    from hutch.cli.format import table
+    from hutch.engine.lifecycle import processes
+
+    rows = [
+        [p["UID"], p["PID"], p["PPID"], p["TIME"], p["CMD"]] for p in processes(ctx.engine, args.container)
+    ]
+    print(table(["UID", "PID", "PPID", "TIME", "CMD"], rows))
     return 0

@@ -207,6 +207,20 @@ class Engine:
     def lookup(self, ref: str) -> Record:
         return self.reconcile(self.records.lookup(ref))
 
+    def rename(self, ref: str, new_name: str) -> None:
+        """``rename``: names are unique, checked by the database inside the update."""
+        _check_name(new_name)
+        self.records.rename(self.lookup(ref).id, new_name)
+
+    def prune(self) -> list[str]:
+        """``container prune``: every container that is not running, removed like ``rm``."""
+        removed = []
+        for record in self.list(include_stopped=True):
+            if record.state in ("created", "exited"):
+                self._delete(record.id)
+                removed.append(record.id)
+        return removed
+
     def remove(self, ref: str, force: bool = False) -> str:
         """``rm [-f]``: a running container is refused unless forced, then killed through its cgroup."""
         record = self.lookup(ref)

@@ -79,3 +79,42 @@ def stop(engine: Engine, ref: str, timeout: float = 10.0) -> Record:
 
         _cgroup(record).kill_all(signal.SIGKILL)
     return wait_exited(engine, record.id, timeout=10.0)
+
+
+def processes(engine: Engine, ref: str) -> list[dict]:
+    """``top``: the processes in the container's cgroup, read from /proc as ``ps -ef`` would show them."""
+    from hutch.engine.containers import _cgroup
+
+    record = engine.lookup(ref)
+    if record.state != "running":
+        raise Conflict(f"container {record.name} is not running")
+    result = []
+    for pid in sorted(_cgroup(record).pids()):
+        info = _proc_info(pid)
+        if info is not None:
+            result.append(info)
+    return result
+
+
+def _proc_info(pid: int) -> dict | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open(f"/proc/{pid}/status") as f:
+            uid = next(line.split()[1] for line in f if line.startswith("Uid:"))
+    except (OSError, StopIteration):
+        return None  # exited while we looked
+    comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu_seconds = (int(fields[11]) + int(fields[12])) // ticks
+    command = cmdline.replace(b"\0", b" ").strip().decode(errors="replace") or f"[{comm}]"
+    return {
+        "UID": uid,
+        "PID": str(pid),
+        "PPID": fields[1].decode(),
+        "TIME": f"{cpu_seconds // 3600:02d}:{cpu_seconds // 60 % 60:02d}:{cpu_seconds % 60:02d}",
+        "CMD": command,
+    }

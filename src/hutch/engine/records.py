@@ -134,6 +134,15 @@ class ContainerRecords:
         with self.db.transaction() as conn:
             conn.execute("UPDATE containers SET state=? WHERE id=?", (state, cid))
 
+    def rename(self, cid: str, new_name: str) -> None:
+        try:
+            with self.db.transaction() as conn:
+                conn.execute("UPDATE containers SET name=? WHERE id=?", (new_name, cid))
+        except Exception as err:
+            if "UNIQUE" in str(err):
+                raise Conflict(f'the container name "/{new_name}" is already in use')
+            raise
+
     def delete(self, cid: str) -> None:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM containers WHERE id=?", (cid,))
