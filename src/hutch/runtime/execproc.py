@@ -27,7 +27,7 @@ from hutch.runtime import process as setup
 from hutch.runtime import seccomp
 from hutch.runtime.init import NAMESPACE_FLAGS
 from hutch.runtime.process import InitError
-from hutch.runtime.spawn import ContainerProcess, _error_from, _read_all, _receive_console
+from hutch.runtime.spawn import ContainerProcess, await_exec, fork_in_pid_namespace
 
 # OCI namespace type -> the name of its file in /proc/<pid>/ns.
 _PROC_NS = {"ipc": "ipc", "uts": "uts", "network": "net", "cgroup": "cgroup", "pid": "pid", "mount": "mnt"}
@@ -72,14 +72,7 @@ def spawn_exec(
             child_sock.close()
         for fd in ns_fds.values():
             os.close(fd)
-    console = _receive_console(parent_sock) if parent_sock is not None else None
-    failure = _read_all(read_end)
-    if failure:
-        os.waitpid(pid, 0)
-        if console is not None:
-            os.close(console)
-        raise _error_from(failure)
-    return ContainerProcess(pid, console)
+    return await_exec(pid, read_end, parent_sock)
 
 
 def _open_namespaces(spec: dict, init_pid: int) -> dict[str, int]:
@@ -103,23 +96,10 @@ def _open_namespaces(spec: dict, init_pid: int) -> dict[str, int]:
 
 
 def _fork_into_pidns(pidns_fd: int | None) -> int:
+    """The child is a member of the container's pid namespace (not its pid 1) from its first instruction."""
     if pidns_fd is None:
         return os.fork()
-    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # why: setns(CLONE_NEWPID) changes only the namespace our *next child* is born in; the child is then
-        # a member of the container's pid namespace (not its pid 1) from its first instruction.
-        sc.setns(pidns_fd, sc.CLONE_NEWPID)
-        pid = os.fork()
-    except BaseException:
-        sc.setns(own, sc.CLONE_NEWPID)
-        os.close(own)
-        raise
-    if pid != 0:
-        # why: back to our own namespace so any later fork of this process is a host process again.
-        sc.setns(own, sc.CLONE_NEWPID)
-    os.close(own)
-    return pid
+    return fork_in_pid_namespace(lambda: sc.setns(pidns_fd, sc.CLONE_NEWPID))
 
 
 def _child(

@@ -53,7 +53,8 @@ def spawn(
         import socket
 
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = _fork_in_new_pidns(_wants_new_pidns(spec))
+    new_pidns = _wants_new_pidns(spec)
+    pid = fork_in_pid_namespace(lambda: sc.unshare(sc.CLONE_NEWPID)) if new_pidns else os.fork()
     if pid == 0:
         os.close(read_end)
         if joined_write is not None:
@@ -77,17 +78,9 @@ def spawn(
     if cgroup is not None:
         os.close(joined_read)
         _join_cgroup(cgroup, pid, joined_write)
-    console = None
     if child_sock is not None:
         child_sock.close()
-        console = _receive_console(parent_sock)
-    failure = _read_all(read_end)
-    if failure:
-        os.waitpid(pid, 0)
-        if console is not None:
-            os.close(console)
-        raise _error_from(failure)
-    return ContainerProcess(pid, console)
+    return await_exec(pid, read_end, parent_sock)
 
 
 def _join_cgroup(cgroup, pid: int, joined_write: int) -> None:
@@ -111,24 +104,40 @@ def _wants_new_pidns(spec: dict) -> bool:
     return any(ns["type"] == "pid" and not ns.get("path") for ns in namespaces)
 
 
-def _fork_in_new_pidns(new_pidns: bool) -> int:
-    if not new_pidns:
-        return os.fork()
+def fork_in_pid_namespace(enter) -> int:
+    """fork() with the child born in the pid namespace ``enter()`` selects, the caller staying where it is.
+
+    ``enter`` is ``unshare(CLONE_NEWPID)`` for a new namespace (the child is its pid 1) or
+    ``setns(fd, CLONE_NEWPID)`` to join a container's (``hutch exec``). why restore: both only change the
+    namespace of the caller's *next child*; joining our own again keeps any later fork of this process (a
+    monitor, a second container) in the host namespace, and a failed fork must not leave it changed.
+    """
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        sc.unshare(sc.CLONE_NEWPID)
+        enter()
         try:
             pid = os.fork()
         except BaseException:
-            sc.setns(own, sc.CLONE_NEWPID)  # a failed fork must not leave our next child in the new pidns
+            sc.setns(own, sc.CLONE_NEWPID)
             raise
         if pid != 0:
-            # why: unshare(CLONE_NEWPID) only sets the namespace for our children; joining our own again
-            # keeps any later fork of this process (a monitor, a second container) in the host namespace.
             sc.setns(own, sc.CLONE_NEWPID)
         return pid
     finally:
         os.close(own)
+
+
+def await_exec(pid: int, read_end: int, parent_sock) -> ContainerProcess:
+    """The parent's side of the exec handshake: take the pty master if one comes, then read the error
+    pipe until EOF (the exec closed it) or a failure record (the child is reaped and the error raised)."""
+    console = _receive_console(parent_sock) if parent_sock is not None else None
+    failure = _read_all(read_end)
+    if failure:
+        os.waitpid(pid, 0)
+        if console is not None:
+            os.close(console)
+        raise _error_from(failure)
+    return ContainerProcess(pid, console)
 
 
 def _receive_console(sock) -> int | None:
