@@ -1,11 +1,10 @@
 """``hutch exec`` end to end: a process joins a running busybox container and shares what it is made of."""
 
-import os
-import pty
 import time
 
 import pytest
-from test_run import _read_until
+
+from ptysession import shell_session
 
 pytestmark = pytest.mark.root
 
@@ -125,34 +124,9 @@ def test_stopped_or_missing_container_is_one_line_and_125(hutch, busybox):
 
 def test_tty_through_a_pty(hutch, svc):
     """-it gives the process a terminal from the container's devpts; Ctrl-C reaches it as a signal."""
-    import fcntl
-    import struct
-    import termios
-
-    pid, master = pty.fork()
-    if pid == 0:
-        os.execve(hutch.argv()[0], hutch.argv("exec", "-it", svc, "sh"), hutch.env)
-    try:
-        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-        _read_until(master, b"# ")  # ash discards typeahead while it starts line editing
-        os.write(master, b"tty; stty size; echo $TERM; echo marker-$((6*7))\r")
-        output = _read_until(master, b"marker-42")
-        assert b"/dev/pts/0" in output
-        assert b"33 101" in output
-        assert b"xterm" in output
-        os.write(master, b"sleep 100\r")
-        time.sleep(0.5)
-        os.write(master, b"\x03")
-        os.write(master, b"echo after-$((1+1))\r")
-        assert b"after-2" in _read_until(master, b"after-2")
-        os.write(master, b"exit 5\r")
-        _read_until(master, b"", timeout=5)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 5
-    finally:
-        os.close(master)
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+    answers, after, code = shell_session(hutch.argv("exec", "-it", svc, "sh"), hutch.env)
+    assert b"/dev/pts/0" in answers
+    assert b"33 101" in answers
+    assert b"xterm" in answers
+    assert b"after-2" in after
+    assert code == 5

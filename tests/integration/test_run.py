@@ -2,12 +2,12 @@
 
 import json
 import os
-import pty
-import select
 import subprocess
 import time
 
 import pytest
+
+from ptysession import shell_session
 
 pytestmark = pytest.mark.root
 
@@ -263,57 +263,11 @@ def test_sigterm_to_hutch_is_forwarded(hutch, busybox):
 
 def test_tty_through_a_pty(hutch, busybox):
     """-it gives the container a terminal; its size follows ours and Ctrl-C reaches it as a signal."""
-    import fcntl
-    import struct
-    import termios
-
-    pid, master = pty.fork()
-    if pid == 0:
-        os.execve(hutch.argv()[0], hutch.argv("run", "--rm", "-it", busybox, "sh"), hutch.env)
-    try:
-        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-        _read_until(master, b"# ")  # ash discards typeahead while it starts line editing
-        os.write(master, b"tty; stty size; echo marker-$((6*7))\r")
-        output = _read_until(master, b"marker-42")
-        assert b"/dev/pts/0" in output
-        assert b"33 101" in output
-        os.write(master, b"sleep 100\r")
-        time.sleep(0.5)
-        os.write(master, b"\x03")  # Ctrl-C interrupts sleep, the shell survives
-        os.write(master, b"echo after-$((1+1))\r")
-        assert b"after-2" in _read_until(master, b"after-2")
-        os.write(master, b"exit 5\r")
-        _read_until(master, b"", timeout=5)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 5
-    finally:
-        os.close(master)
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-
-
-def _read_until(fd, needle: bytes, timeout: float = 20) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-        if needle and needle in data:
-            return data
-    if needle:
-        raise AssertionError(f"{needle!r} not seen in {data!r}")
-    return data
+    answers, after, code = shell_session(hutch.argv("run", "--rm", "-it", busybox, "sh"), hutch.env)
+    assert b"/dev/pts/0" in answers
+    assert b"33 101" in answers
+    assert b"after-2" in after
+    assert code == 5
 
 
 def test_image_config_is_honoured_and_flags_override_it(hutch, busybox_tar):
