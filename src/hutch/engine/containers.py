@@ -124,7 +124,7 @@ class Engine:
 
     def start(self, record: Record, stdio: tuple[int, int, int], die_with_parent: bool) -> ContainerProcess:
         """Create the cgroup and launch the init; the record says running once the command has exec'd."""
-        cgroup = _cgroup(record)
+        cgroup = cgroup_of(record)
         cgroup.create()
         try:
             # Before the init joins: it must never run without the device rules.
@@ -175,7 +175,7 @@ class Engine:
     def finish(self, record: Record, status: int) -> int:
         """After the init exited: remove the cgroup, record the exit code, and honour ``--rm``."""
         code = exit_code_of(status)
-        _cgroup(record).destroy()
+        cgroup_of(record).destroy()
         current = self.records.get(record.id)
         if current is None or current.state == "removing":
             return code
@@ -196,7 +196,7 @@ class Engine:
         reaper_pid, _, reaper_start = record.reaper.partition(":")
         if reaper_pid.isdigit() and process_start_time(int(reaper_pid)) == reaper_start:
             return record
-        _cgroup(record).destroy()
+        cgroup_of(record).destroy()
         self.records.mark_exited(record.id, 137 if record.exit_code is None else record.exit_code)
         return self.records.get(record.id) or record
 
@@ -236,7 +236,7 @@ class Engine:
         return record.name
 
     def _kill_and_wait(self, record: Record, timeout: float = 10.0) -> None:
-        _cgroup(record).destroy(timeout)
+        cgroup_of(record).destroy(timeout)
         deadline = time.monotonic() + timeout
         while process_start_time(record.pid) == record.pid_start and time.monotonic() < deadline:
             try:
@@ -273,7 +273,8 @@ def _cgroup_paths(cid: str) -> dict[str, str]:
     return {key: str(path) for key, path in open_manager(cid).paths().items()}
 
 
-def _cgroup(record: Record):
+def cgroup_of(record: Record):
+    """The container's cgroup manager, from the paths fixed in its record at create time."""
     from hutch.cgroups import reopen
 
     return reopen({key: Path(path) for key, path in record.config["cgroup"].items()})

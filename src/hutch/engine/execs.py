@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from hutch.engine.containers import _cgroup, process_start_time
+from hutch.engine.containers import cgroup_of, process_start_time
 from hutch.errors import HutchError, InvalidArgument
 from hutch.runtime.process import USER_ANNOTATION
 from hutch.runtime.spawn import ContainerProcess
@@ -57,7 +57,7 @@ def exec_in(engine, ref: str, argv: list[str], options: ExecOptions) -> Containe
     return spawn_exec(
         spec,
         record.pid,
-        cgroup=_cgroup(record),
+        cgroup=cgroup_of(record),
         stdio=options.stdio,
         # why: a foreground exec must not outlive the hutch waiting for it; a detached one is meant to.
         die_with_parent=not options.detach,

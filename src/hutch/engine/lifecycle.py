@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from hutch.engine.containers import Engine, process_start_time
+from hutch.engine.containers import Engine, cgroup_of, process_start_time
 from hutch.engine.records import Record
 from hutch.errors import Conflict, InvalidArgument
 
@@ -75,21 +75,17 @@ def stop(engine: Engine, ref: str, timeout: float = 10.0) -> Record:
     while _alive(record) and time.monotonic() < deadline:
         time.sleep(_POLL)
     if _alive(record):
-        from hutch.engine.containers import _cgroup
-
-        _cgroup(record).kill_all(signal.SIGKILL)
+        cgroup_of(record).kill_all(signal.SIGKILL)
     return wait_exited(engine, record.id, timeout=10.0)
 
 
 def processes(engine: Engine, ref: str) -> list[dict]:
     """``top``: the processes in the container's cgroup, read from /proc as ``ps -ef`` would show them."""
-    from hutch.engine.containers import _cgroup
-
     record = engine.lookup(ref)
     if record.state != "running":
         raise Conflict(f"container {record.name} is not running")
     result = []
-    for pid in sorted(_cgroup(record).pids()):
+    for pid in sorted(cgroup_of(record).pids()):
         info = _proc_info(pid)
         if info is not None:
             result.append(info)
