@@ -20,6 +20,10 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "tests"))  # shared helpers such as ptysession
 sys.path.insert(0, str(SRC))
 
+# Every run of the suite puts its containers' cgroups under a parent of its own, so the leak check below
+# sees only this run's (suites of other checkouts may run on the same machine at the same time).
+os.environ.setdefault("HUTCH_CGROUP_PARENT", f"hutch-test-{os.getpid()}")
+
 
 def _mounts_under(prefix: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:

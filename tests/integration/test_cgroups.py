@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hutch.cgroups import (
+    DEFAULT_PARENT,
     CgroupManager,
     V2Manager,
     detect,
@@ -75,7 +76,7 @@ def default_parents() -> list[Path]:
     for m in MOUNTS:
         key = m.controllers[0] if m.controllers else "unified"
         own = OWN.get(key, "/")
-        found.append(Path(m.mountpoint, own.lstrip("/"), "hutch"))
+        found.append(Path(m.mountpoint, own.lstrip("/"), DEFAULT_PARENT))
     return found
 
 
@@ -342,7 +343,7 @@ def test_v1_write_error_names_path_and_value(make: Factory):
 def test_v1_default_parent_is_below_own_cgroup(make: Factory):
     manager = make("v1", parent=None)
     memory = manager.paths()["memory"]
-    assert memory == Path("/sys/fs/cgroup/memory", OWN["memory"].lstrip("/"), "hutch", memory.name)
+    assert memory == Path("/sys/fs/cgroup/memory", OWN["memory"].lstrip("/"), DEFAULT_PARENT, memory.name)
     manager.create()
     assert memory.name in list_hutch_cgroups()
     manager.destroy()

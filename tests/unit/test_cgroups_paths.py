@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from hutch.cgroups import (
+    DEFAULT_PARENT,
     Mount,
     cgroup_dir,
     detect_version,
@@ -108,9 +109,9 @@ def test_default_parent_is_below_own_cgroup():
     mounts, own = hybrid()
     memory = mounts[3]
     assert cgroup_dir(memory, own["memory"], None, "c1") == Path(
-        "/sys/fs/cgroup/memory/process_api/0e19/hutch/c1"
+        f"/sys/fs/cgroup/memory/process_api/0e19/{DEFAULT_PARENT}/c1"
     )
-    assert cgroup_dir(mounts[0], own["cpu"], None, "c1") == Path("/sys/fs/cgroup/cpu/hutch/c1")
+    assert cgroup_dir(mounts[0], own["cpu"], None, "c1") == Path(f"/sys/fs/cgroup/cpu/{DEFAULT_PARENT}/c1")
 
 
 def test_relative_and_absolute_parents():
@@ -127,10 +128,16 @@ def test_mount_showing_a_subtree():
     mounts = parse_mountinfo(DOCKER_V1_MOUNTINFO)
     own = parse_proc_cgroup(DOCKER_V1_PROC_CGROUP)
     cpu = mounts[0]
-    assert cgroup_dir(cpu, own["cpu"], None, "c1") == Path("/sys/fs/cgroup/cpu,cpuacct/sub/hutch/c1")
-    assert cgroup_dir(mounts[1], own["memory"], None, "c1") == Path("/sys/fs/cgroup/memory/hutch/c1")
+    assert cgroup_dir(cpu, own["cpu"], None, "c1") == Path(
+        f"/sys/fs/cgroup/cpu,cpuacct/sub/{DEFAULT_PARENT}/c1"
+    )
+    assert cgroup_dir(mounts[1], own["memory"], None, "c1") == Path(
+        f"/sys/fs/cgroup/memory/{DEFAULT_PARENT}/c1"
+    )
     # hutch's cgroup outside what the mount shows: fall back to the mount's root
-    assert cgroup_dir(cpu, "/elsewhere", None, "c1") == Path("/sys/fs/cgroup/cpu,cpuacct/hutch/c1")
+    assert cgroup_dir(cpu, "/elsewhere", None, "c1") == Path(
+        f"/sys/fs/cgroup/cpu,cpuacct/{DEFAULT_PARENT}/c1"
+    )
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "..", ".", "a\0b"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hutch.cgroups.base import CgroupManager
+from hutch.cgroups.base import DEFAULT_PARENT, CgroupManager
 from hutch.cgroups.v1 import V1_CONTROLLERS, V1Manager
 from hutch.cgroups.v2 import V2Manager
 from hutch.errors import HutchError, InvalidArgument
@@ -34,7 +34,6 @@ __all__ = [
 
 CGROUP2_SUPER_MAGIC = 0x63677270  # what statfs(2) would report for a cgroup2 mount
 DEFAULT_MOUNTPOINT = "/sys/fs/cgroup"
-DEFAULT_PARENT = "hutch"
 UNIFIED = "unified"  # key of the cgroup2 hierarchy in paths() and in parsed /proc/self/cgroup
 
 #: Every v1 controller the kernel has; other super options of a cgroup mount (rw, xattr...) are not.

@@ -55,6 +55,10 @@ class CgroupManager(ABC):
     def paths(self) -> dict[str, Path]:
         """Hierarchy (v1 controller, ``name=systemd``) or ``unified`` (v2) -> cgroup directory."""
 
+    @abstractmethod
+    def freeze(self, frozen: bool) -> None:
+        """Freeze (``pause``) or thaw (``unpause``) every process; returns once the kernel says it is done."""
+
     def set_devices(self, rules: list[DeviceRule] | tuple[DeviceRule, ...]) -> None:
         """Restrict the devices the cgroup's processes may open or mknod to what ``rules`` allow.
 
@@ -179,7 +183,12 @@ def make_dir(directory: Path) -> None:
             raise HutchError(f"failed to create cgroup {directory}: {e.strerror}") from e
 
 
-def remove_default_parent(directory: Path, default_name: str = "hutch") -> None:
+#: The parent group of containers without ``--cgroup-parent``. HUTCH_CGROUP_PARENT replaces it, as a
+#: default ``--cgroup-parent`` for a whole environment (the test suite gives each run its own).
+DEFAULT_PARENT = os.environ.get("HUTCH_CGROUP_PARENT") or "hutch"
+
+
+def remove_default_parent(directory: Path, default_name: str = DEFAULT_PARENT.rsplit("/", 1)[-1]) -> None:
     """Remove the default parent group once its last container group is gone.
 
     Only a parent with hutch's default name is touched (a ``--cgroup-parent`` may be the user's own); the
