@@ -80,8 +80,11 @@ def test_logs_tail_and_follow(hutch, busybox):
             "for i in 1 2 3; do echo line$i; done; echo oops >&2",
         )
         assert hutch.ok("wait", "talk") == "0\n"
-        result = hutch("logs", "--tail", "1", "talk")
+        # As in Docker, --tail counts the last lines of the log, whichever stream wrote them.
+        result = hutch("logs", "--tail", "2", "talk")
         assert result.out == "line3\n" and result.err == "oops\n"
+        result = hutch("logs", "--tail", "1", "talk")
+        assert result.out == "" and result.err == "oops\n"
         assert hutch.ok("logs", "-f", "talk") == "line1\nline2\nline3\n"
     finally:
         hutch("rm", "-f", "talk")

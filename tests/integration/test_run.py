@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -230,14 +231,16 @@ def test_detached_run_then_force_remove(hutch, busybox):
     assert hutch.ok("ps", "-aq") == ""
 
 
-def test_detached_output_goes_to_log_files(hutch, busybox):
-    cid = hutch.ok("run", "-d", busybox, "sh", "-c", "echo out; echo err >&2").strip()
-    deadline = time.monotonic() + 10
-    while "Exited" not in hutch.ok("ps", "-a") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    cdir = hutch.root / "containers" / cid
-    assert (cdir / "stdout.log").read_text() == "out\n"
-    assert (cdir / "stderr.log").read_text() == "err\n"
+def test_detached_output_goes_to_the_log_in_cri_format(hutch, busybox):
+    cid = hutch.ok("run", "-d", busybox, "sh", "-c", "echo out; echo err >&2; printf tail").strip()
+    assert hutch.ok("wait", cid) == "0\n"
+    records = (hutch.root / "containers" / cid / "container.log").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z"
+    assert sorted(re.sub(stamp, "T", line) for line in records) == [
+        "T stderr F err",
+        "T stdout F out",
+        "T stdout P tail",
+    ]
     hutch.ok("rm", cid)
 
 
@@ -319,4 +322,4 @@ def test_the_command_runs_inside_its_own_cgroup(hutch, busybox):
     paths = {controllers: path for _, controllers, path in (line.split(":", 2) for line in out.splitlines())}
     # v1 (and hybrid): the pids hierarchy; pure v2: the unified line
     path = paths.get("pids") or paths[""]
-    assert "/hutch/" in path and len(path.rsplit("/", 1)[-1]) == 64, out
+    assert f"/{os.environ['HUTCH_CGROUP_PARENT']}/" in path and len(path.rsplit("/", 1)[-1]) == 64, out

@@ -90,6 +90,14 @@ class V1Manager(CgroupManager):
             remove_tree(d, deadline)
             remove_default_parent(d)
 
+    def freeze(self, frozen: bool) -> None:
+        if self._freezer is None:
+            raise HutchError("pausing needs the freezer cgroup controller, which is not mounted")
+        state, wanted = self._freezer / "freezer.state", "FROZEN" if frozen else "THAWED"
+        write_file(state, wanted)
+        if not wait_for(lambda: read_file(state).strip() == wanted, time.monotonic() + FREEZE_TIMEOUT):
+            raise HutchError(f"{state} did not reach {wanted}")
+
     def exists(self) -> bool:
         """Whether the cgroup directory is still present in any hierarchy."""
         return any(d.is_dir() for d in self._unique)

@@ -92,6 +92,17 @@ class V2Manager(CgroupManager):
         remove_tree(self._path, deadline)
         remove_default_parent(self._path)
 
+    def freeze(self, frozen: bool) -> None:
+        control = self._path / "cgroup.freeze"
+        if not control.exists():
+            raise HutchError("pausing needs cgroup.freeze (Linux 5.2 or later)")
+        write_file(control, "1" if frozen else "0")
+        wanted = "1" if frozen else "0"
+        if not wait_for(
+            lambda: _events(self._path).get("frozen") == wanted, time.monotonic() + FREEZE_TIMEOUT
+        ):
+            raise HutchError(f"{self._path} did not {'freeze' if frozen else 'thaw'}")
+
     def exists(self) -> bool:
         """Whether the cgroup directory exists."""
         return self._path.is_dir()

@@ -80,6 +80,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", action="append", default=[], metavar="HOST[:CTR][:rwm]", help="add a device")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="set an rlimit")
+    # --- lifecycle: restart policy and log options ---
+    p.add_argument("--restart", default="no", help="no, on-failure[:N], always or unless-stopped")
+    p.add_argument(
+        "--log-opt", action="append", default=[], metavar="KEY=VALUE", help="max-size=SIZE, max-file=N"
+    )
+    p.add_argument("--log-driver", default="k8s-file", help="k8s-file (the only one; json-file is taken too)")
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -151,7 +157,22 @@ def run_options(args: argparse.Namespace):
         ulimits=[parse_ulimit(u) for u in args.ulimit],
         devices=parse_devices(args.device),
         **parse_security_opts(args.security_opt),
+        **_lifecycle_options(args),
     )
+
+
+def _lifecycle_options(args: argparse.Namespace) -> dict:
+    """``--restart``, ``--log-driver`` and ``--log-opt``, checked against each other and ``--rm``."""
+    from hutch.engine.logopts import parse_log_opts
+    from hutch.engine.restart import parse_restart
+    from hutch.errors import InvalidArgument
+
+    restart = parse_restart(args.restart)
+    if restart != "no" and args.remove:
+        raise InvalidArgument("conflicting options: --restart and --rm")
+    if args.log_driver not in ("k8s-file", "json-file"):
+        raise InvalidArgument(f"invalid --log-driver {args.log_driver!r}: only k8s-file is supported")
+    return {"restart": restart, "log_opts": parse_log_opts(args.log_opt)}
 
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:
@@ -199,8 +220,11 @@ def run_attached(engine, record, interactive: bool) -> int:
 def _status(record) -> str:
     from hutch.cli.format import ago, duration
 
-    if record.state == "running":
-        return f"Up {duration(__import__('time').time() - (record.started or record.created))}"
+    if record.state in ("running", "paused"):
+        up = f"Up {duration(__import__('time').time() - (record.started or record.created))}"
+        return up + " (Paused)" if record.state == "paused" else up
+    if record.state == "restarting":
+        return f"Restarting ({record.exit_code}) {ago(record.finished or record.created)}"
     if record.state == "exited":
         return f"Exited ({record.exit_code}) {ago(record.finished or record.created)}"
     return record.state.capitalize()

@@ -1,4 +1,4 @@
-"""create, start, stop, kill, restart, wait, logs: the container lifecycle without a daemon."""
+"""create, start, stop, kill, restart, wait, logs, pause, attach: the container lifecycle without a daemon."""
 
 from __future__ import annotations
 
@@ -52,9 +52,23 @@ def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
     if wanted("logs"):
         p = sub.add_parser("logs", help="print a detached container's output")
         p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
-        p.add_argument("-n", "--tail", default="all", help="only the last N lines of each stream")
+        p.add_argument("-n", "--tail", default="all", help="only the last N lines")
+        p.add_argument("--since", help="only lines since a time (RFC 3339, Unix time, or 10m ago)")
+        p.add_argument("--until", help="only lines before a time (RFC 3339, Unix time, or 10m ago)")
+        p.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
         p.add_argument("container", metavar="CONTAINER")
         p.set_defaults(handler=cmd_logs)
+    for name, text in (("pause", "freeze all processes of containers"), ("unpause", "thaw them")):
+        if wanted(name):
+            p = sub.add_parser(name, help=text)
+            p.add_argument("containers", nargs="+", metavar="CONTAINER")
+            p.set_defaults(handler=cmd_pause if name == "pause" else cmd_unpause)
+    if wanted("attach"):
+        p = sub.add_parser("attach", help="attach to a detached container's input and output")
+        p.add_argument("--no-stdin", action="store_true", help="do not attach stdin")
+        p.add_argument("--sig-proxy", default="true", help="forward signals to the container (true|false)")
+        p.add_argument("container", metavar="CONTAINER")
+        p.set_defaults(handler=cmd_attach)
 
 
 def _each(refs: list[str], action) -> int:
@@ -141,14 +155,44 @@ def cmd_wait(args: argparse.Namespace, ctx) -> int:
 
 def cmd_logs(args: argparse.Namespace, ctx) -> int:
     """Both streams as the container wrote them (stdout to stdout, stderr to stderr)."""
-    from hutch.engine.logs import follow, tail
+    from hutch.engine.logs import LogQuery, follow, show
+    from hutch.engine.records import LIVE_STATES
 
-    record = ctx.engine.lookup(args.container)
+    engine = ctx.engine
+    record = engine.lookup(args.container)
+    query = LogQuery(args.tail, args.since, args.until, args.timestamps)
+    cdir = engine.container_dir(record.id)
     if args.follow:
-        follow(ctx.engine, record, sys.stdout.buffer, sys.stderr.buffer)
+
+        def alive() -> bool:
+            try:
+                return engine.lookup(record.id).state in LIVE_STATES
+            except Exception:  # noqa: BLE001 - removed while we followed it
+                return False
+
+        follow(cdir, query, sys.stdout.buffer, sys.stderr.buffer, alive)
     else:
-        tail(ctx.engine, record, args.tail, sys.stdout.buffer, sys.stderr.buffer)
+        show(cdir, query, sys.stdout.buffer, sys.stderr.buffer)
     return 0
+
+
+def cmd_pause(args: argparse.Namespace, ctx) -> int:
+    from hutch.engine.lifecycle import pause
+
+    return _each(args.containers, lambda ref: (pause(ctx.engine, ref), print(ref)))
+
+
+def cmd_unpause(args: argparse.Namespace, ctx) -> int:
+    from hutch.engine.lifecycle import unpause
+
+    return _each(args.containers, lambda ref: (unpause(ctx.engine, ref), print(ref)))
+
+
+def cmd_attach(args: argparse.Namespace, ctx) -> int:
+    """Relay the terminal to the container's monitor until the container exits; its exit code is ours."""
+    from hutch.cli.attach import attach
+
+    return attach(ctx.engine, args.container, stdin=not args.no_stdin, sig_proxy=args.sig_proxy != "false")
 
 
 def cmd_rename(args: argparse.Namespace, ctx) -> int:

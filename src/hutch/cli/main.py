@@ -19,7 +19,20 @@ _GROUPS = {
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
     "hutch.cli.system": ("info",),
     "hutch.cli.execs": ("exec",),
-    "hutch.cli.lifecycle": ("create", "start", "stop", "restart", "kill", "wait", "logs", "rename", "top"),
+    "hutch.cli.lifecycle": (
+        "create",
+        "start",
+        "stop",
+        "restart",
+        "kill",
+        "wait",
+        "logs",
+        "rename",
+        "top",
+        "pause",
+        "unpause",
+        "attach",
+    ),
 }
 _GLOBAL_WITH_VALUE = ("--root", "--runroot")
 

@@ -87,7 +87,7 @@ def attend(pid: int, console: int | None, interactive: bool) -> int:
     The caller blocks FORWARDED_SIGNALS before starting the process, so a signal that arrives between the
     exec and the handlers waits instead of killing hutch."""
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+        signal.signal(sig, lambda signum, _frame: forward_to(pid, signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     if console is not None:
         relay(console, interactive)
@@ -97,7 +97,7 @@ def attend(pid: int, console: int | None, interactive: bool) -> int:
     return status
 
 
-def _forward(pid: int, signum: int) -> None:
+def forward_to(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
     except ProcessLookupError:

@@ -16,7 +16,7 @@ from hutch.engine import etcfiles, specgen
 from hutch.engine.devices import rules_from_spec
 from hutch.engine.names import random_name
 from hutch.engine.options import RunOptions
-from hutch.engine.records import ContainerRecords, Record
+from hutch.engine.records import LIVE_STATES, ContainerRecords, Record
 from hutch.errors import Conflict, HutchError
 from hutch.runtime.rootfs import OverlayRoot
 from hutch.runtime.spawn import ContainerProcess, spawn
@@ -187,22 +187,34 @@ class Engine:
     # --- list / remove ----------------------------------------------------------------------------------
 
     def reconcile(self, record: Record) -> Record:
-        """A record marked running whose init and reaper are both gone (hutch or its monitor was killed)
-        becomes exited. While the reaper lives it will record the real exit code, so it is left alone."""
-        if record.state != "running":
+        """A live record whose init and reaper are both gone (hutch or its monitor was killed) becomes
+        exited, with the exit status the monitor wrote if it got that far. While the reaper lives it will
+        record the real exit code itself, so the record is left alone."""
+        if record.state not in LIVE_STATES:
             return record
         if record.pid and process_start_time(record.pid) == record.pid_start:
             return record
         reaper_pid, _, reaper_start = record.reaper.partition(":")
         if reaper_pid.isdigit() and process_start_time(int(reaper_pid)) == reaper_start:
             return record
+        from hutch.engine.monitor import read_exit_status
+
+        status = read_exit_status(self.container_dir(record.id))
         cgroup_of(record).destroy()
-        self.records.mark_exited(record.id, 137 if record.exit_code is None else record.exit_code)
+        if status is not None:
+            code = exit_code_of(status)
+        else:
+            code = 137 if record.exit_code is None else record.exit_code
+        self.records.mark_exited(record.id, code)
+        if record.config.get("options", {}).get("remove"):
+            self._delete(record.id)
+            record.state, record.exit_code, record.pid = "exited", code, 0
+            return record
         return self.records.get(record.id) or record
 
     def list(self, include_stopped: bool) -> list[Record]:
         records = [self.reconcile(r) for r in self.records.list()]
-        return [r for r in records if include_stopped or r.state == "running"]
+        return [r for r in records if include_stopped or r.state in LIVE_STATES]
 
     def lookup(self, ref: str) -> Record:
         return self.reconcile(self.records.lookup(ref))
@@ -224,7 +236,7 @@ class Engine:
     def remove(self, ref: str, force: bool = False) -> str:
         """``rm [-f]``: a running container is refused unless forced, then killed through its cgroup."""
         record = self.lookup(ref)
-        if record.state == "running":
+        if record.state in LIVE_STATES:
             if not force:
                 raise Conflict(
                     f"cannot remove container {record.name}: container is running: stop it"
@@ -244,6 +256,12 @@ class Engine:
             except ProcessLookupError:
                 break
             time.sleep(0.01)
+        # The monitor then runs its finisher; it finds the record "removing" and leaves. Waiting for it means
+        # nothing of the container's outlives ``rm``.
+        reaper_pid, _, reaper_start = record.reaper.partition(":")
+        if reaper_pid.isdigit() and int(reaper_pid) != os.getpid():
+            while process_start_time(int(reaper_pid)) == reaper_start and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def _delete(self, cid: str) -> None:
         """Remove the container's files, then its record: a crash in between leaves a record to retry."""

@@ -48,6 +48,8 @@ def exec_in(engine, ref: str, argv: list[str], options: ExecOptions) -> Containe
     if options.workdir is not None and not options.workdir.startswith("/"):
         raise InvalidArgument(f"the working directory {options.workdir!r} is not an absolute path")
     record = engine.lookup(ref)
+    if record.state == "paused":
+        raise HutchError(f"container {ref} is paused, unpause the container before exec")
     # why both: reconcile keeps a record "running" while its reaper lives, even if the init just died.
     if record.state != "running" or process_start_time(record.pid) != record.pid_start:
         raise HutchError(f"container {ref} is not running")

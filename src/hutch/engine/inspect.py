@@ -16,20 +16,25 @@ def _iso(ts: float | None) -> str:
 
 
 def _state(record: Record) -> dict:
-    status = {"created": "created", "running": "running", "exited": "exited", "removing": "removing"}
+    live = record.state in ("running", "paused", "restarting")
     return {
-        "Status": status.get(record.state, record.state),
-        "Running": record.state == "running",
-        "Paused": False,
-        "Restarting": False,
+        "Status": record.state,
+        "Running": live,  # Docker says Running for paused and restarting containers too
+        "Paused": record.state == "paused",
+        "Restarting": record.state == "restarting",
         "OOMKilled": False,
         "Dead": False,
-        "Pid": record.pid if record.state == "running" else 0,
+        "Pid": record.pid if record.state in ("running", "paused") else 0,
         "ExitCode": record.exit_code or 0,
         "Error": "",
         "StartedAt": _iso(record.started),
         "FinishedAt": _iso(record.finished),
     }
+
+
+def _restart_policy(policy: str) -> dict:
+    name, _, count = policy.partition(":")
+    return {"Name": name, "MaximumRetryCount": int(count or 0)}
 
 
 def _mounts(spec: dict) -> list[dict]:
@@ -66,6 +71,8 @@ def inspect_container(engine, record: Record) -> dict:
         "Driver": "overlay",
         "HostnamePath": str(cdir / "hostname"),
         "HostsPath": str(cdir / "hosts"),
+        "LogPath": str(cdir / "container.log"),
+        "RestartCount": record.restarts,
         "ResolvConfPath": str(cdir / "resolv.conf"),
         "Mounts": _mounts(spec),
         "Config": {
@@ -82,6 +89,8 @@ def inspect_container(engine, record: Record) -> dict:
         "HostConfig": {
             "NetworkMode": opts.get("network", "none"),
             "AutoRemove": opts.get("remove", False),
+            "RestartPolicy": _restart_policy(opts.get("restart") or "no"),
+            "LogConfig": {"Type": "k8s-file", "Config": opts.get("log_opts") or {}},
             "ReadonlyRootfs": spec.get("root", {}).get("readonly", False),
             "Binds": [
                 f"{v['source']}:{v['destination']}" + (":ro" if v["readonly"] else "")

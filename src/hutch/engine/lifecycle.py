@@ -12,7 +12,7 @@ import signal
 import time
 
 from hutch.engine.containers import Engine, cgroup_of, process_start_time
-from hutch.engine.records import Record
+from hutch.engine.records import LIVE_STATES, Record
 from hutch.errors import Conflict, InvalidArgument
 
 _POLL = 0.01
@@ -40,13 +40,43 @@ def _alive(record: Record) -> bool:
 def kill(engine: Engine, ref: str, sig: int = signal.SIGKILL) -> Record:
     """Send ``sig`` to the container's init (pid 1 inside), as ``docker kill`` does."""
     record = engine.lookup(ref)
-    if record.state != "running" or not _alive(record):
+    if record.state not in ("running", "paused") or not _alive(record):
         raise Conflict(f"cannot kill container {record.name}: container is not running")
     try:
         os.kill(record.pid, sig)
     except ProcessLookupError:
         pass
+    if record.state == "paused":  # a frozen process cannot act on the signal, not even die of it
+        _thaw(engine, record)
     return record
+
+
+def pause(engine: Engine, ref: str) -> Record:
+    """``pause``: freeze every process of the container through its cgroup."""
+    record = engine.lookup(ref)
+    if record.state == "paused":
+        raise Conflict(f"container {record.name} is already paused")
+    if record.state != "running" or not _alive(record):
+        raise Conflict(f"container {record.name} is not running")
+    cgroup = cgroup_of(record)
+    cgroup.freeze(True)
+    if not engine.records.transition(record.id, "running", "paused"):
+        cgroup.freeze(False)  # it exited (or was stopped) while we froze it
+        raise Conflict(f"container {record.name} is not running")
+    return record
+
+
+def unpause(engine: Engine, ref: str) -> Record:
+    record = engine.lookup(ref)
+    if record.state != "paused":
+        raise Conflict(f"container {record.name} is not paused")
+    _thaw(engine, record)
+    return record
+
+
+def _thaw(engine: Engine, record: Record) -> None:
+    cgroup_of(record).freeze(False)
+    engine.records.transition(record.id, "paused", "running")
 
 
 def wait_exited(engine: Engine, ref: str, timeout: float | None = None) -> Record:
@@ -54,7 +84,7 @@ def wait_exited(engine: Engine, ref: str, timeout: float | None = None) -> Recor
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         record = engine.lookup(ref)
-        if record.state != "running":
+        if record.state not in LIVE_STATES:
             return record
         if deadline is not None and time.monotonic() >= deadline:
             return record
@@ -64,8 +94,13 @@ def wait_exited(engine: Engine, ref: str, timeout: float | None = None) -> Recor
 def stop(engine: Engine, ref: str, timeout: float = 10.0) -> Record:
     """The image's StopSignal (default SIGTERM), then SIGKILL to the whole cgroup after ``timeout``."""
     record = engine.lookup(ref)
-    if record.state != "running":
+    engine.records.mark_stopped_by_user(record.id)  # restart policies leave it stopped from now on
+    if record.state == "restarting":
+        return _cancel_restart(engine, record)
+    if record.state not in ("running", "paused"):
         return record
+    if record.state == "paused":
+        _thaw(engine, record)
     spec_signal = record.config.get("stop_signal") or "SIGTERM"
     try:
         os.kill(record.pid, parse_signal(spec_signal))
@@ -79,10 +114,24 @@ def stop(engine: Engine, ref: str, timeout: float = 10.0) -> Record:
     return wait_exited(engine, record.id, timeout=10.0)
 
 
+def _cancel_restart(engine: Engine, record: Record) -> Record:
+    """A container waiting out its restart back-off: end the waiting finisher; reconcile does the rest."""
+    reaper_pid, _, reaper_start = record.reaper.partition(":")
+    if reaper_pid.isdigit() and process_start_time(int(reaper_pid)) == reaper_start:
+        try:
+            os.kill(int(reaper_pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5
+        while process_start_time(int(reaper_pid)) == reaper_start and time.monotonic() < deadline:
+            time.sleep(_POLL)
+    return wait_exited(engine, record.id, timeout=10.0)
+
+
 def processes(engine: Engine, ref: str) -> list[dict]:
     """``top``: the processes in the container's cgroup, read from /proc as ``ps -ef`` would show them."""
     record = engine.lookup(ref)
-    if record.state != "running":
+    if record.state not in ("running", "paused"):
         raise Conflict(f"container {record.name} is not running")
     result = []
     for pid in sorted(cgroup_of(record).pids()):

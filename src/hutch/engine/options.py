@@ -64,6 +64,8 @@ class RunOptions:
         "seccomp": "default",
         "ulimits": list,
         "devices": list,
+        "restart": "no",
+        "log_opts": None,
     }
     __slots__ = ("image", *_DEFAULTS)
 

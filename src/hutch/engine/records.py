@@ -26,10 +26,14 @@ CREATE TABLE IF NOT EXISTS containers (
     started REAL,
     finished REAL,
     config TEXT NOT NULL,
-    reaper TEXT NOT NULL DEFAULT ''    -- "pid:start time" of the process that waits for the init
+    reaper TEXT NOT NULL DEFAULT '',   -- "pid:start time" of the process that waits for the init
+    restarts INTEGER NOT NULL DEFAULT 0,  -- restarts by the restart policy since the last manual start
+    stopped INTEGER NOT NULL DEFAULT 0    -- 1 once stopped by the user: restart policies leave it alone
 );
 """
-STATES = ("created", "running", "exited", "removing")
+STATES = ("created", "running", "paused", "restarting", "exited", "removing")
+# States in which the container's processes exist (or, restarting, are about to): what ``ps`` shows.
+LIVE_STATES = ("running", "paused", "restarting")
 
 
 class Record:
@@ -49,6 +53,8 @@ class Record:
         "finished",
         "config",
         "reaper",
+        "restarts",
+        "stopped",
     )
 
     def __init__(
@@ -66,6 +72,8 @@ class Record:
         finished: float | None = None,
         config: dict | None = None,
         reaper: str = "",
+        restarts: int = 0,
+        stopped: int = 0,
     ) -> None:
         self.id = id
         self.name = name
@@ -80,6 +88,8 @@ class Record:
         self.finished = finished
         self.config = config or {}
         self.reaper = reaper
+        self.restarts = restarts
+        self.stopped = stopped
 
 
 class ContainerRecords:
@@ -93,7 +103,8 @@ class ContainerRecords:
         try:
             with self.db.transaction() as conn:
                 conn.execute(
-                    "INSERT INTO containers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO containers (id, name, image_id, image_ref, created, state, pid, pid_start,"
+                    " exit_code, started, finished, config, reaper) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         record.id,
                         record.name,
@@ -119,9 +130,34 @@ class ContainerRecords:
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE containers SET state='running', pid=?, pid_start=?, reaper=?, started=?,"
-                " exit_code=NULL, finished=NULL WHERE id=?",
+                " exit_code=NULL, finished=NULL, stopped=0 WHERE id=?",
                 (pid, pid_start, reaper, time.time(), cid),
             )
+
+    def mark_restarting(self, cid: str, restarts: int, reaper: str) -> bool:
+        """Between a policy restart's exit and its next start; False if the user stopped it meanwhile."""
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE containers SET state='restarting', pid=0, restarts=?, reaper=?"
+                " WHERE id=? AND stopped=0 AND state='exited'",
+                (restarts, reaper, cid),
+            )
+            return cur.rowcount == 1
+
+    def transition(self, cid: str, old: str, new: str) -> bool:
+        """``old`` -> ``new`` only if the record is still in ``old``: another process may have moved it."""
+        with self.db.transaction() as conn:
+            cur = conn.execute("UPDATE containers SET state=? WHERE id=? AND state=?", (new, cid, old))
+            return cur.rowcount == 1
+
+    def mark_stopped_by_user(self, cid: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE containers SET stopped=1 WHERE id=?", (cid,))
+
+    def reset_restarts(self, cid: str) -> None:
+        """A manual start begins a new count, as in Docker."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE containers SET restarts=0 WHERE id=?", (cid,))
 
     def mark_exited(self, cid: str, exit_code: int) -> None:
         with self.db.transaction() as conn:

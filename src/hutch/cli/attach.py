@@ -1,0 +1,119 @@
+"""``hutch attach``: the user's terminal joined to a detached container through its monitor's socket.
+
+The monitor (native/monitor.c) frames output as Docker's attach stream does: an 8-byte header (stream, three
+zero bytes, big-endian length) then the bytes. We send stdin as stream 0 frames (an empty one closes the
+container's stdin) and terminal sizes as stream 9 frames (rows, cols).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+_STDIN, _RESIZE = 0, 9
+
+
+def attach(engine, ref: str, stdin: bool, sig_proxy: bool) -> int:
+    from hutch.engine.lifecycle import wait_exited
+    from hutch.errors import Conflict
+
+    record = engine.lookup(ref)
+    if record.state == "paused":
+        raise Conflict(f"you cannot attach to a paused container, unpause it first: {record.name}")
+    if record.state != "running":
+        raise Conflict(f"you cannot attach to a stopped container, start it first: {record.name}")
+    options = record.config.get("options", {})
+    tty = bool(options.get("tty"))
+    stdin = stdin and bool(options.get("interactive"))
+    sock = _connect(engine.container_dir(record.id))
+    if sig_proxy and not tty:
+        from hutch.cli.terminal import FORWARDED_SIGNALS, forward_to
+
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, lambda signum, _frame: forward_to(record.pid, signum))
+    saved = _raw_terminal(sock) if tty and stdin else None
+    try:
+        _pump(sock, stdin)
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+        sock.close()
+    return wait_exited(engine, record.id, timeout=10.0).exit_code or 0
+
+
+def _connect(cdir) -> socket.socket:
+    """Through the container directory's fd: a socket path must fit in 108 bytes, a deep root may not."""
+    from hutch.errors import Conflict
+
+    dirfd = os.open(cdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{dirfd}/attach")
+    except OSError as err:
+        sock.close()
+        raise Conflict(f"cannot attach: the container's monitor does not answer ({err.strerror})") from None
+    finally:
+        os.close(dirfd)
+    return sock
+
+
+def _frame(stream: int, data: bytes) -> bytes:
+    return struct.pack(">BxxxI", stream, len(data)) + data
+
+
+def _raw_terminal(sock: socket.socket):
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        return None
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+
+    def resize(*_args) -> None:
+        import fcntl
+
+        rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        sock.sendall(_frame(_RESIZE, struct.pack(">HH", rows, cols)))
+
+    resize()
+    signal.signal(signal.SIGWINCH, resize)
+    return saved
+
+
+def _pump(sock: socket.socket, stdin: bool) -> None:
+    """Demultiplex output to stdout/stderr and send stdin until the monitor closes the connection."""
+    out = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+    readers: list = [sock] + ([sys.stdin.fileno()] if stdin else [])
+    buffer = b""
+    while True:
+        try:
+            ready, _, _ = select.select(readers, [], [])
+        except InterruptedError:
+            continue
+        if sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            buffer += data
+            while len(buffer) >= 8:
+                stream, length = struct.unpack(">BxxxI", buffer[:8])
+                if len(buffer) < 8 + length:
+                    break
+                target = out.get(stream, out[1])
+                target.write(buffer[8 : 8 + length])
+                target.flush()
+                buffer = buffer[8 + length :]
+        if stdin and sys.stdin.fileno() in ready:
+            data = os.read(sys.stdin.fileno(), 16384)
+            sock.sendall(_frame(_STDIN, data))  # empty at end of input: closes the container's stdin
+            if not data:
+                readers.remove(sys.stdin.fileno())
+                stdin = False

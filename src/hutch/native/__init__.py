@@ -1,0 +1,50 @@
+"""Small C programs hutch runs, shipped as source and compiled on first use.
+
+why compile at run time: the monitor left behind by every detached container must cost a few hundred KiB,
+which no Python process can (an idle interpreter holds several MiB of private memory). Building it here, once
+per source version, keeps hutch a pure-Python package to install; the price is a C compiler on the host,
+as Podman needs conmon.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hutch.errors import HutchError
+
+_SOURCES = Path(__file__).parent
+
+
+def program(name: str, cache_dir: Path) -> str:
+    """Path of the compiled ``name`` (``monitor`` -> ``monitor.c``), building it if this version lacks one.
+
+    The binary's name carries the source's size and mtime, so an upgrade never runs a stale build, and a
+    stat is all a warm call costs.
+    """
+    source = _SOURCES / f"{name}.c"
+    st = source.stat()
+    target = cache_dir / f"hutch-{name}-{st.st_size:x}-{st.st_mtime_ns:x}"
+    if os.access(target, os.X_OK):
+        return str(target)
+    return _compile(source, target)
+
+
+def _compile(source: Path, target: Path) -> str:
+    import shutil
+    import subprocess
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise HutchError(f"building hutch-{source.stem} needs a C compiler: install gcc (or set CC)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}")
+    result = subprocess.run(
+        [compiler, "-O2", "-s", "-o", str(temp), str(source)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        temp.unlink(missing_ok=True)
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HutchError(f"building hutch-{source.stem} with {compiler} failed: {detail}")
+    os.rename(temp, target)  # atomic: concurrent builders each rename a complete binary
+    return str(target)
