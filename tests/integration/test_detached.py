@@ -208,3 +208,32 @@ def test_twenty_concurrent_detached_runs(hutch, busybox):
         ids = hutch.ok("ps", "-aq").split()
         if ids:
             hutch("rm", "-f", *ids)
+
+
+def test_format_templates_and_filters(hutch, busybox):
+    try:
+        hutch.ok("run", "-d", "--name", "fa", "-l", "tier=web", busybox, "sleep", "60")
+        hutch.ok("run", "-d", "--name", "fb", "-l", "tier=db", busybox, "sh", "-c", "exit 3")
+        hutch.ok("wait", "fb")
+        assert hutch.ok("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "fa", "fb") == (
+            "running 0\nexited 3\n"
+        )
+        assert hutch.ok("inspect", "-f", '{{index .Config.Labels "tier"}}', "fa") == "web\n"
+        assert hutch.ok("ps", "--format", "{{.Names}}") == "fa\n"
+        assert hutch.ok(
+            "ps", "-a", "--filter", "status=exited", "--format", "{{.Names}} {{.Status}}"
+        ).startswith("fb Exited (3)")
+        assert hutch.ok("ps", "-a", "--filter", "label=tier=db", "-q") == hutch.ok(
+            "ps", "-aq", "-f", "name=fb"
+        )
+        assert hutch.ok("ps", "-a", "--filter", "label=tier", "--format", "{{.Names}}").split() == [
+            "fb",
+            "fa",
+        ]
+        table = hutch.ok("ps", "--format", "table {{.Names}}\\t{{.State}}").splitlines()
+        assert table[0].split() == ["NAMES", "STATE"] and table[1].split() == ["fa", "running"]
+        for argv in (("ps", "--filter", "colour=red"), ("inspect", "-f", "{{.State.Nope}}", "fa")):
+            bad = hutch(*argv)
+            assert bad.code != 0 and len(bad.err.strip().splitlines()) == 1, bad.err
+    finally:
+        hutch("rm", "-f", "fa", "fb")

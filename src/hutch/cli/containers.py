@@ -85,6 +85,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-opt", action="append", default=[], metavar="KEY=VALUE", help="max-size=SIZE, max-file=N"
     )
+    p.add_argument("-l", "--label", action="append", default=[], metavar="K=V", help="set a label")
     p.add_argument("--log-driver", default="k8s-file", help="k8s-file (the only one; json-file is taken too)")
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
@@ -95,7 +96,11 @@ def _add_ps(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="show stopped containers too")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate ids and commands")
-    p.add_argument("--format", help="'json' for one JSON object per line")
+    p.add_argument("--format", help="'json', a Go template ('{{.Names}}') or 'table TEMPLATE'")
+    p.add_argument(
+        "-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+        help="status=, name=, id=, label=KEY[=VALUE], ancestor=",
+    )  # fmt: skip
     p.set_defaults(handler=cmd_ps)
 
 
@@ -108,7 +113,7 @@ def _add_rm(p: argparse.ArgumentParser) -> None:
 
 def _add_inspect(p: argparse.ArgumentParser, containers: bool = False) -> None:
     p.add_argument("--type", choices=["container", "image"], default="container" if containers else None)
-    p.add_argument("-f", "--format", help="not supported yet; output is JSON")
+    p.add_argument("-f", "--format", help="a Go template ('{{.State.Status}}') or 'json'")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(handler=cmd_inspect)
 
@@ -172,7 +177,13 @@ def _lifecycle_options(args: argparse.Namespace) -> dict:
         raise InvalidArgument("conflicting options: --restart and --rm")
     if args.log_driver not in ("k8s-file", "json-file"):
         raise InvalidArgument(f"invalid --log-driver {args.log_driver!r}: only k8s-file is supported")
-    return {"restart": restart, "log_opts": parse_log_opts(args.log_opt)}
+    labels = {}
+    for item in args.label:
+        key, _, value = item.partition("=")
+        if not key:
+            raise InvalidArgument(f"invalid --label {item!r}: expected KEY[=VALUE]")
+        labels[key] = value
+    return {"restart": restart, "log_opts": parse_log_opts(args.log_opt), "labels": labels}
 
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:
@@ -234,14 +245,24 @@ def cmd_ps(args: argparse.Namespace, ctx) -> int:
     """``hutch ps``: Docker's columns."""
     from hutch.cli.format import ago, table
 
-    records = ctx.engine.list(args.all)
+    records = ctx.engine.list(args.all or any(f.startswith("status=") for f in args.filter))
+    if args.filter:
+        from hutch.engine.filters import container_filter
+
+        keep = container_filter(args.filter)
+        records = [r for r in records if keep(r)]
     if args.quiet:
         for r in records:
             print(r.id if args.no_trunc else r.id[:12])
         return 0
     if args.format == "json":
         for r in records:
-            print(json.dumps(_summary(r)))
+            print(json.dumps(_summary(r, args.no_trunc)))
+        return 0
+    if args.format:
+        from hutch.cli.gotemplate import render_rows
+
+        sys.stdout.write(render_rows(args.format, [_summary(r, args.no_trunc) for r in records]))
         return 0
     rows = []
     for r in records:
@@ -263,14 +284,26 @@ def cmd_ps(args: argparse.Namespace, ctx) -> int:
     return 0
 
 
-def _summary(r) -> dict:
+def _summary(r, full_id: bool = False) -> dict:
+    """The fields ``ps --format`` offers, named as Docker's."""
+    import time
+
+    from hutch.cli.format import ago
+
+    labels = r.config.get("options", {}).get("labels") or {}
     return {
-        "ID": r.id,
+        "ID": r.id if full_id else r.id[:12],
         "Names": r.name,
         "Image": r.image_ref,
         "State": r.state,
         "Status": _status(r),
-        "Command": " ".join(r.config["spec"]["process"]["args"]),
+        "Command": '"' + " ".join(r.config["spec"]["process"]["args"]) + '"',
+        "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(r.created)),
+        "RunningFor": ago(r.created),
+        "Labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        "Ports": "",
+        "Mounts": "",
+        "Networks": r.config.get("options", {}).get("network", ""),
     }
 
 
@@ -309,6 +342,13 @@ def cmd_inspect(args: argparse.Namespace, ctx) -> int:
         except NotFound:
             print(f"hutch: no such object: {name}", file=sys.stderr)
             status = 1
+    if args.format and args.format != "json":
+        from hutch.cli.gotemplate import Template
+
+        template = Template(args.format.replace("\\t", "\t").replace("\\n", "\n"))
+        for result in results:
+            print(template.render(result))
+        return status
     print(json.dumps(results, indent=4))
     return status
 

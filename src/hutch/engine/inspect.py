@@ -85,6 +85,7 @@ def inspect_container(engine, record: Record) -> dict:
             "Entrypoint": opts.get("entrypoint"),
             "WorkingDir": process.get("cwd", "/"),
             "Image": record.image_ref,
+            "Labels": opts.get("labels") or {},
         },
         "HostConfig": {
             "NetworkMode": opts.get("network", "none"),

@@ -66,6 +66,7 @@ class RunOptions:
         "devices": list,
         "restart": "no",
         "log_opts": None,
+        "labels": None,
     }
     __slots__ = ("image", *_DEFAULTS)
 
