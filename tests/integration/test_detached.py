@@ -237,3 +237,23 @@ def test_format_templates_and_filters(hutch, busybox):
             assert bad.code != 0 and len(bad.err.strip().splitlines()) == 1, bad.err
     finally:
         hutch("rm", "-f", "fa", "fb")
+
+
+def test_events_past_and_followed(hutch, busybox):
+    follower = subprocess.Popen(
+        hutch.argv("events", "--format", "{{.Action}} {{.Actor.Attributes.name}}"),
+        stdout=subprocess.PIPE, text=True, env=hutch.env,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # it starts at the end of the log: only what happens from now on
+        hutch("run", "--rm", "--name", "ev", busybox, "sh", "-c", "exit 2")
+        seen = [follower.stdout.readline().strip() for _ in range(4)]
+        assert seen == ["create ev", "start ev", "die ev", "destroy ev"]
+    finally:
+        follower.kill()
+        follower.wait()
+    past = hutch.ok("events", "--since", "1h", "--until", "0s", "--filter", "event=die", "--format", "json")
+    event = json.loads(past.splitlines()[-1])
+    assert event["Actor"]["Attributes"]["exitCode"] == "2" and event["Type"] == "container"
+    bad = hutch("events", "--filter", "colour=red")
+    assert bad.code == 125 and "colour" in bad.err

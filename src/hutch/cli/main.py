@@ -19,6 +19,7 @@ _GROUPS = {
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
     "hutch.cli.system": ("info",),
     "hutch.cli.execs": ("exec",),
+    "hutch.cli.events": ("events",),
     "hutch.cli.lifecycle": (
         "create",
         "start",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from hutch.db import Database
-from hutch.engine import etcfiles, specgen
+from hutch.engine import etcfiles, events, specgen
 from hutch.engine.devices import rules_from_spec
 from hutch.engine.names import random_name
 from hutch.engine.options import RunOptions
@@ -97,6 +97,7 @@ class Engine:
         except BaseException:
             _rmtree(cdir)
             raise
+        events.emit(self.root, "create", record)
         return record
 
     def _insert_with_name(self, record: Record, wanted: str | None) -> None:
@@ -148,6 +149,7 @@ class Engine:
         self.records.mark_running(
             record.id, proc.pid, process_start_time(proc.pid), f"{me}:{process_start_time(me)}"
         )
+        events.emit(self.root, "start", record)
         return proc
 
     def _seccomp_program(self, spec: dict) -> bytes | None:
@@ -176,6 +178,7 @@ class Engine:
         """After the init exited: remove the cgroup, record the exit code, and honour ``--rm``."""
         code = exit_code_of(status)
         cgroup_of(record).destroy()
+        events.emit(self.root, "die", record, exitCode=code)
         current = self.records.get(record.id)
         if current is None or current.state == "removing":
             return code
@@ -206,6 +209,7 @@ class Engine:
         else:
             code = 137 if record.exit_code is None else record.exit_code
         self.records.mark_exited(record.id, code)
+        events.emit(self.root, "die", record, exitCode=code)
         if record.config.get("options", {}).get("remove"):
             self._delete(record.id)
             record.state, record.exit_code, record.pid = "exited", code, 0
@@ -222,7 +226,9 @@ class Engine:
     def rename(self, ref: str, new_name: str) -> None:
         """``rename``: names are unique, checked by the database inside the update."""
         _check_name(new_name)
-        self.records.rename(self.lookup(ref).id, new_name)
+        record = self.lookup(ref)
+        self.records.rename(record.id, new_name)
+        events.emit(self.root, "rename", record, oldName=record.name, name=new_name)
 
     def prune(self) -> list[str]:
         """``container prune``: every container that is not running, removed like ``rm``."""
@@ -270,7 +276,10 @@ class Engine:
             trash = cdir.with_name(f".trash-{cid}")
             os.rename(cdir, trash)
             _rmtree(trash)
+        record = self.records.get(cid)
         self.records.delete(cid)
+        if record is not None:
+            events.emit(self.root, "destroy", record)
 
 
 def _rmtree(path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 
+from hutch.engine import events
 from hutch.engine.containers import Engine, cgroup_of, process_start_time
 from hutch.engine.records import LIVE_STATES, Record
 from hutch.errors import Conflict, InvalidArgument
@@ -46,6 +47,7 @@ def kill(engine: Engine, ref: str, sig: int = signal.SIGKILL) -> Record:
         os.kill(record.pid, sig)
     except ProcessLookupError:
         pass
+    events.emit(engine.root, "kill", record, signal=sig)
     if record.state == "paused":  # a frozen process cannot act on the signal, not even die of it
         _thaw(engine, record)
     return record
@@ -63,6 +65,7 @@ def pause(engine: Engine, ref: str) -> Record:
     if not engine.records.transition(record.id, "running", "paused"):
         cgroup.freeze(False)  # it exited (or was stopped) while we froze it
         raise Conflict(f"container {record.name} is not running")
+    events.emit(engine.root, "pause", record)
     return record
 
 
@@ -76,7 +79,8 @@ def unpause(engine: Engine, ref: str) -> Record:
 
 def _thaw(engine: Engine, record: Record) -> None:
     cgroup_of(record).freeze(False)
-    engine.records.transition(record.id, "paused", "running")
+    if engine.records.transition(record.id, "paused", "running"):
+        events.emit(engine.root, "unpause", record)
 
 
 def wait_exited(engine: Engine, ref: str, timeout: float | None = None) -> Record:
@@ -111,7 +115,9 @@ def stop(engine: Engine, ref: str, timeout: float = 10.0) -> Record:
         time.sleep(_POLL)
     if _alive(record):
         cgroup_of(record).kill_all(signal.SIGKILL)
-    return wait_exited(engine, record.id, timeout=10.0)
+    record = wait_exited(engine, record.id, timeout=10.0)
+    events.emit(engine.root, "stop", record)
+    return record
 
 
 def _cancel_restart(engine: Engine, record: Record) -> Record:
