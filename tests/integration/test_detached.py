@@ -257,3 +257,33 @@ def test_events_past_and_followed(hutch, busybox):
     assert event["Actor"]["Attributes"]["exitCode"] == "2" and event["Type"] == "container"
     bad = hutch("events", "--filter", "colour=red")
     assert bad.code == 125 and "colour" in bad.err
+
+
+def test_cp_both_ways_running_and_stopped(hutch, busybox, tmp_path):
+    setup = "mkdir -p /data/sub; echo hello > /data/a; echo deep > /data/sub/b; ln -s / /data/root; sleep 60"
+    try:
+        hutch.ok("run", "-d", "--name", "cp", busybox, "sh", "-c", setup)
+        _until(lambda: hutch("exec", "cp", "test", "-L", "/data/root").code == 0)
+        hutch.ok("cp", "cp:/data", str(tmp_path))
+        assert (tmp_path / "data" / "sub" / "b").read_text() == "deep\n"
+        assert os.readlink(tmp_path / "data" / "root") == "/"  # copied as a link, not followed
+        hutch.ok("cp", "cp:/data/a", str(tmp_path / "renamed"))
+        assert (tmp_path / "renamed").read_text() == "hello\n"
+        (tmp_path / "up.txt").write_text("from host\n")
+        os.chown(tmp_path / "up.txt", 1234, 1234)
+        hutch.ok("cp", str(tmp_path / "up.txt"), "cp:/data/root/tmp/")  # through the container's own link
+        assert hutch.ok("exec", "cp", "stat", "-c", "%u %n", "/tmp/up.txt") == "0 /tmp/up.txt\n"
+        hutch.ok("cp", "-a", str(tmp_path / "up.txt"), "cp:/tmp/kept.txt")
+        assert hutch.ok("exec", "cp", "stat", "-c", "%u", "/tmp/kept.txt") == "1234\n"
+        hutch.ok("stop", "-t", "0", "cp")
+        hutch.ok("cp", "cp:/tmp/up.txt", str(tmp_path / "from-stopped"))
+        assert (tmp_path / "from-stopped").read_text() == "from host\n"
+        hutch.ok("cp", str(tmp_path / "up.txt"), "cp:/etc/added")
+        listing = subprocess.run(hutch.argv("cp", "cp:/etc/added", "-"), capture_output=True, env=hutch.env)
+        assert listing.returncode == 0 and b"from host" in listing.stdout
+        missing = hutch("cp", "cp:/nope", str(tmp_path))
+        assert missing.code != 0 and "/nope" in missing.err and len(missing.err.splitlines()) == 1
+        both = hutch("cp", str(tmp_path), str(tmp_path / "x"))
+        assert both.code == 125 and "CONTAINER:PATH" in both.err
+    finally:
+        hutch("rm", "-f", "cp")

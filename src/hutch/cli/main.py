@@ -20,6 +20,7 @@ _GROUPS = {
     "hutch.cli.system": ("info",),
     "hutch.cli.execs": ("exec",),
     "hutch.cli.events": ("events",),
+    "hutch.cli.copy": ("cp",),
     "hutch.cli.lifecycle": (
         "create",
         "start",

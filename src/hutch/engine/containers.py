@@ -134,7 +134,7 @@ class Engine:
             proc = spawn(
                 record.config["spec"],
                 str(self.container_dir(record.id) / "merged"),
-                overlay=self._overlay(record),
+                overlay=self.overlay(record),
                 cgroup=cgroup,
                 stdio=stdio,
                 die_with_parent=die_with_parent,
@@ -162,7 +162,8 @@ class Engine:
 
         return seccomp.prepare(oci_filter, str(self.root / "cache" / "seccomp"))
 
-    def _overlay(self, record: Record) -> OverlayRoot:
+    def overlay(self, record: Record) -> OverlayRoot:
+        """The container's root as overlayfs mounts it: lower layers, upper and work dirs."""
         cdir = self.container_dir(record.id)
         layers = [Path(p) for p in record.config["layers"]]
         if not layers:
