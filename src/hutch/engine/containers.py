@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hutch.db import Database
 from hutch.engine import etcfiles, events, specgen
+from hutch.engine.crashpoints import crash_point
 from hutch.engine.devices import rules_from_spec
 from hutch.engine.names import random_name
 from hutch.engine.options import RunOptions
@@ -98,6 +99,7 @@ class Engine:
             _rmtree(cdir)
             raise
         events.emit(self.root, "create", record)
+        crash_point("create:inserted")
         return record
 
     def _insert_with_name(self, record: Record, wanted: str | None) -> None:
@@ -145,6 +147,7 @@ class Engine:
             raise
         # This process reaps the init (a foreground hutch run or a monitor); recorded so that others wait for
         # it to write the exit code instead of declaring the container dead themselves.
+        crash_point("start:spawned")
         me = os.getpid()
         self.records.mark_running(
             record.id, proc.pid, process_start_time(proc.pid), f"{me}:{process_start_time(me)}"
@@ -178,6 +181,7 @@ class Engine:
     def finish(self, record: Record, status: int) -> int:
         """After the init exited: remove the cgroup, record the exit code, and honour ``--rm``."""
         code = exit_code_of(status)
+        crash_point("finish:exited")
         cgroup_of(record).destroy()
         events.emit(self.root, "die", record, exitCode=code)
         current = self.records.get(record.id)
@@ -271,13 +275,18 @@ class Engine:
                 time.sleep(0.01)
 
     def _delete(self, cid: str) -> None:
-        """Remove the container's files, then its record: a crash in between leaves a record to retry."""
-        cdir = self.container_dir(cid)
-        if cdir.exists():
-            trash = cdir.with_name(f".trash-{cid}")
-            os.rename(cdir, trash)
-            _rmtree(trash)
+        """Remove the container's cgroup and files, then its record: a crash in between leaves a record
+        (and maybe the trash directory) for the next ``rm`` to finish."""
         record = self.records.get(cid)
+        if record is not None:
+            cgroup_of(record).destroy()  # a created container may hold one, after a crash mid-start
+        cdir = self.container_dir(cid)
+        trash = cdir.with_name(f".trash-{cid}")
+        if cdir.exists():
+            os.rename(cdir, trash)
+            crash_point("remove:renamed")
+        if trash.exists():
+            _rmtree(trash)
         self.records.delete(cid)
         if record is not None:
             events.emit(self.root, "destroy", record)

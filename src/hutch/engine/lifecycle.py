@@ -13,6 +13,7 @@ import time
 
 from hutch.engine import events
 from hutch.engine.containers import Engine, cgroup_of, process_start_time
+from hutch.engine.crashpoints import crash_point
 from hutch.engine.records import LIVE_STATES, Record
 from hutch.errors import Conflict, InvalidArgument
 
@@ -110,6 +111,7 @@ def stop(engine: Engine, ref: str, timeout: float = 10.0) -> Record:
         os.kill(record.pid, parse_signal(spec_signal))
     except ProcessLookupError:
         pass
+    crash_point("stop:signalled")
     deadline = time.monotonic() + timeout
     while _alive(record) and time.monotonic() < deadline:
         time.sleep(_POLL)
