@@ -31,6 +31,26 @@ def test_defaults_from_the_inside(hutch, busybox):
     assert int(p["processes"]) <= 4
 
 
+def test_defaults_hold_in_a_user_namespace_and_unconfined_shows_it_is_the_namespace_too(hutch, busybox):
+    from test_userns import SUBID_FILES
+
+    saved = {path: path.read_bytes() for path in SUBID_FILES}
+    try:
+        for path in SUBID_FILES:
+            path.write_bytes(saved[path] + b"root:300000:65536\n")
+        p = _probe(hutch, busybox, "--userns=auto")
+        assert p["cap_eff"] == "00000000a80425fb" and p["seccomp"] == "2"
+        assert p["mount_tmpfs"] == "refused" and p["unshare_user"] == "refused"
+        assert p["proc_sys_write"] == "refused" and p["block_device"] == "refused"
+        # Without seccomp, root could make a nested user namespace, yet still not mount: the mount
+        # namespace belongs to the host's user namespace.
+        p = _probe(hutch, busybox, "--userns=auto", "--security-opt", "seccomp=unconfined")
+        assert p["seccomp"] == "0" and p["mount_tmpfs"] == "refused"
+    finally:
+        for path, content in saved.items():
+            path.write_bytes(content)
+
+
 def test_privileged_shows_every_weakening(hutch, busybox):
     p = _probe(hutch, busybox, "--privileged")
     assert p["cap_eff"] != "00000000a80425fb"

@@ -85,6 +85,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-opt", action="append", default=[], metavar="KEY=VALUE", help="max-size=SIZE, max-file=N"
     )
+    p.add_argument(
+        "--userns", default="host", help="host (default) or auto[:size=N]: container root unprivileged"
+    )
+    p.add_argument(
+        "--userns-remap", metavar="USER", help="map to USER's first /etc/subuid range ('default': root)"
+    )
     p.add_argument("-l", "--label", action="append", default=[], metavar="K=V", help="set a label")
     p.add_argument("--log-driver", default="k8s-file", help="k8s-file (the only one; json-file is taken too)")
     p.add_argument("image", help="image to run")
@@ -183,7 +189,18 @@ def _lifecycle_options(args: argparse.Namespace) -> dict:
         if not key:
             raise InvalidArgument(f"invalid --label {item!r}: expected KEY[=VALUE]")
         labels[key] = value
-    return {"restart": restart, "log_opts": parse_log_opts(args.log_opt), "labels": labels}
+    from hutch.engine.userns import parse_userns
+
+    parse_userns(args.userns)  # checked now; the ids are allocated by the engine at create
+    if args.privileged and (args.userns != "host" or args.userns_remap):
+        raise InvalidArgument("--privileged cannot be used with a user namespace (--userns=host needed)")
+    return {
+        "restart": restart,
+        "log_opts": parse_log_opts(args.log_opt),
+        "labels": labels,
+        "userns": args.userns,
+        "userns_remap": args.userns_remap,
+    }
 
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:

@@ -64,6 +64,8 @@ class Engine:
         from hutch.engine.security import check_rlimits
 
         check_rlimits(opts.ulimits)
+        if opts.userns != "host" or opts.userns_remap:
+            opts.userns_map = self._userns_map(opts)
         image = self._images.resolve(opts.image)
         layers = self._images.rootfs_layers(image)
         cid = os.urandom(32).hex()
@@ -101,6 +103,17 @@ class Engine:
         events.emit(self.root, "create", record)
         crash_point("create:inserted")
         return record
+
+    def _userns_map(self, opts: RunOptions) -> dict | None:
+        """The container's id mappings; ``auto`` blocks never overlap another container's."""
+        from hutch.engine.userns import mappings
+
+        used = []
+        for other in self.records.list():
+            taken = other.config.get("options", {}).get("userns_map")
+            if taken and other.config["options"].get("userns") != "host":
+                used.append((taken["uid"][0]["hostID"], taken["uid"][0]["size"]))
+        return mappings(opts.userns, opts.userns_remap, used)
 
     def _insert_with_name(self, record: Record, wanted: str | None) -> None:
         if wanted:

@@ -67,6 +67,9 @@ class RunOptions:
         "restart": "no",
         "log_opts": None,
         "labels": None,
+        "userns": "host",
+        "userns_remap": None,
+        "userns_map": None,
     }
     __slots__ = ("image", *_DEFAULTS)
 

@@ -132,6 +132,10 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
     namespaces = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
     if opts.network != "host":
         namespaces.append({"type": "network"})
+    id_maps = {}
+    if opts.userns_map:
+        namespaces.append({"type": "user"})
+        id_maps = {"uidMappings": opts.userns_map["uid"], "gidMappings": opts.userns_map["gid"]}
     caps = capability_set(opts.cap_add, opts.cap_drop, opts.privileged)
     user = opts.user if opts.user is not None else (image_config.get("User") or "")
     # --privileged lifts Docker's masks and read-only kernel paths along with the capability limits.
@@ -161,6 +165,7 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
             "rootfsPropagation": "rprivate",
             "devices": device_nodes,
             "resources": {"devices": device_rules},
+            **id_maps,
             **({"seccomp": seccomp_filter} if seccomp_filter else {}),
         },
     }

@@ -30,7 +30,15 @@ from hutch.runtime.process import InitError
 from hutch.runtime.spawn import ContainerProcess, await_exec, fork_in_pid_namespace
 
 # OCI namespace type -> the name of its file in /proc/<pid>/ns.
-_PROC_NS = {"ipc": "ipc", "uts": "uts", "network": "net", "cgroup": "cgroup", "pid": "pid", "mount": "mnt"}
+_PROC_NS = {
+    "ipc": "ipc",
+    "uts": "uts",
+    "network": "net",
+    "cgroup": "cgroup",
+    "pid": "pid",
+    "mount": "mnt",
+    "user": "user",
+}
 
 
 def spawn_exec(
@@ -149,6 +157,9 @@ def _setup_and_exec(
     if process.get("terminal"):
         setup.attach_console(console_socket)  # /dev/ptmx is now the container's: its own devpts instance
     setup.set_rlimits(process.get("rlimits", []))
+    if "user" in ns_fds:
+        # Last, as the init does: joining it gives up every capability over the other namespaces.
+        sc.setns(ns_fds["user"], sc.CLONE_NEWUSER)
     seccomp_filter = spec.get("linux", {}).get("seccomp")
     no_new_privs = bool(process.get("noNewPrivileges"))
     if seccomp_filter and not no_new_privs:
@@ -173,7 +184,7 @@ def _setup_and_exec(
 def _join_namespaces(ns_fds: dict[str, int]) -> None:
     """setns into each of the container's namespaces; pid is already ours (born into it), mount goes last."""
     for kind, fd in ns_fds.items():
-        if kind not in ("pid", "mount"):
+        if kind not in ("pid", "mount", "user"):
             sc.setns(fd, NAMESPACE_FLAGS[kind])
     if "mount" in ns_fds:
         sc.setns(ns_fds["mount"], sc.CLONE_NEWNS)

@@ -47,6 +47,7 @@ class InitArgs:
         "stdio",
         "die_with_parent",
         "seccomp_program",
+        "userns_fd",
     )
 
     def __init__(
@@ -60,6 +61,7 @@ class InitArgs:
         stdio: tuple[int, int, int],
         die_with_parent: bool,
         seccomp_program: bytes | None = None,
+        userns_fd: int | None = None,
     ) -> None:
         self.spec = spec
         self.rootfs = rootfs
@@ -70,6 +72,7 @@ class InitArgs:
         self.stdio = stdio
         self.die_with_parent = die_with_parent
         self.seccomp_program = seccomp_program
+        self.userns_fd = userns_fd
 
 
 def run(args: InitArgs) -> None:
@@ -102,11 +105,16 @@ def _setup_and_exec(args: InitArgs) -> None:
         sc.sethostname(spec["hostname"])
     if process.get("terminal"):
         setup.attach_console(args.console_socket)
+    _wait_for_cgroup(args.cgroup_joined_fd)
+    setup.set_rlimits(process.get("rlimits", []))
+    if args.userns_fd is not None:
+        # Last of the host root's work: from here on we are the container's root, with capabilities only in
+        # its user namespace (which owns none of the other namespaces).
+        sc.setns(args.userns_fd, sc.CLONE_NEWUSER)
+        os.close(args.userns_fd)
     cwd = process.get("cwd", "/")
     # Docker creates a missing working directory (owned by root) rather than failing.
     os.makedirs(cwd, mode=0o755, exist_ok=True)
-    _wait_for_cgroup(args.cgroup_joined_fd)
-    setup.set_rlimits(process.get("rlimits", []))
     seccomp_filter = spec.get("linux", {}).get("seccomp")
     no_new_privs = bool(process.get("noNewPrivileges"))
     if seccomp_filter and not no_new_privs:
@@ -129,6 +137,13 @@ def _setup_and_exec(args: InitArgs) -> None:
         # uid change clears it.
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     setup.exec_command(process["args"], env)
+
+
+def _host_root(mappings: list[dict]) -> int:
+    for m in mappings:
+        if m["containerID"] == 0:
+            return m["hostID"]
+    raise InitError(125, "the user namespace does not map the container's root (uid 0)")
 
 
 def _wait_for_cgroup(fd: int | None) -> None:
@@ -155,7 +170,7 @@ def _enter_namespaces(namespaces: list[dict]) -> None:
                 sc.setns(fd, NAMESPACE_FLAGS[kind])
             finally:
                 os.close(fd)
-        elif kind != "pid":
+        elif kind not in ("pid", "user"):  # the user namespace was made by the parent: joined last
             flags |= NAMESPACE_FLAGS[kind]
     if flags:
         sc.unshare(flags)
@@ -181,7 +196,13 @@ def _build_rootfs(args: InitArgs) -> None:
     linux = spec.get("linux", {})
     propagation = {"private": sc.MS_PRIVATE, "slave": sc.MS_SLAVE, "shared": sc.MS_SHARED}
     flag = propagation.get(linux.get("rootfsPropagation", "").lstrip("r"), sc.MS_PRIVATE) | sc.MS_REC
-    rootfs.mount_root(args.rootfs, args.overlay, flag)
+    if args.userns_fd is not None and args.overlay is not None:
+        # The root directory of the merged tree is the upper dir's: it must belong to the container's root.
+        root_uid = _host_root(linux.get("uidMappings", []))
+        root_gid = _host_root(linux.get("gidMappings", []))
+        for path in (args.overlay.upper,):
+            os.chown(path, root_uid, root_gid)
+    rootfs.mount_root(args.rootfs, args.overlay, flag, args.userns_fd)
     for entry in spec.get("mounts", []):
         rootfs.mount_entry(args.rootfs, entry)
     rootfs.create_default_devices(args.rootfs)

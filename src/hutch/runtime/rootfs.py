@@ -12,6 +12,7 @@ import stat
 from hutch.linux import syscalls as sc
 from hutch.runtime.mountopts import parse_mount_options
 from hutch.runtime.paths import secure_join
+from hutch.runtime.userns import idmapped_clone
 
 
 class OverlayRoot:
@@ -46,8 +47,14 @@ _DEV_SYMLINKS = (
 )
 
 
-def mount_root(rootfs: str, overlay: OverlayRoot | None, propagation: int) -> None:
-    """Make the host's mounts private to us, then mount the overlay (or bind the bundle dir) at ``rootfs``."""
+def mount_root(
+    rootfs: str, overlay: OverlayRoot | None, propagation: int, userns_fd: int | None = None
+) -> None:
+    """Make the host's mounts private to us, then mount the overlay (or bind the bundle dir) at ``rootfs``.
+
+    With ``userns_fd`` each lower layer is an idmapped clone (runtime.userns), named by its fd: the image's
+    files appear owned by the container's root, and the layers on disk stay untouched and shared.
+    """
     # why: without this, mounts made for the container would propagate back to the host's shared mounts.
     sc.mount(None, "/", None, propagation)
     if overlay is None:
@@ -57,8 +64,17 @@ def mount_root(rootfs: str, overlay: OverlayRoot | None, propagation: int) -> No
     # why relative lower dirs: the overlay option string is limited to one page, and 64-hex chain IDs under
     # a long root would overflow it after a few dozen layers; chdir makes each entry 64 bytes.
     os.chdir(overlay.layers_dir)
-    data = f"lowerdir={':'.join(overlay.lower)},upperdir={overlay.upper},workdir={overlay.work}"
-    sc.mount("overlay", rootfs, "overlay", 0, data)
+    lower = overlay.lower
+    clones: list[int] = []
+    if userns_fd is not None:
+        clones = [idmapped_clone(layer, userns_fd) for layer in lower]
+        lower = [f"/proc/self/fd/{fd}" for fd in clones]
+    try:
+        data = f"lowerdir={':'.join(lower)},upperdir={overlay.upper},workdir={overlay.work}"
+        sc.mount("overlay", rootfs, "overlay", 0, data)
+    finally:
+        for fd in clones:
+            os.close(fd)
     os.chdir("/")
 
 

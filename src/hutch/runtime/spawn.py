@@ -53,8 +53,14 @@ def spawn(
         import socket
 
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    userns_fd = _new_userns(spec)
     new_pidns = _wants_new_pidns(spec)
-    pid = fork_in_pid_namespace(lambda: sc.unshare(sc.CLONE_NEWPID)) if new_pidns else os.fork()
+    try:
+        pid = fork_in_pid_namespace(lambda: sc.unshare(sc.CLONE_NEWPID)) if new_pidns else os.fork()
+    except BaseException:
+        if userns_fd is not None:
+            os.close(userns_fd)
+        raise
     if pid == 0:
         os.close(read_end)
         if joined_write is not None:
@@ -72,9 +78,12 @@ def spawn(
                 stdio,
                 die_with_parent,
                 seccomp_program,
+                userns_fd,
             )
         )
     os.close(write_end)
+    if userns_fd is not None:
+        os.close(userns_fd)
     if cgroup is not None:
         os.close(joined_read)
         _join_cgroup(cgroup, pid, joined_write)
@@ -97,6 +106,16 @@ def _join_cgroup(cgroup, pid: int, joined_write: int) -> None:
         raise
     os.write(joined_write, b"1")
     os.close(joined_write)
+
+
+def _new_userns(spec: dict) -> int | None:
+    """The container's own user namespace, made here when the spec asks for one (runtime.userns)."""
+    linux = spec.get("linux", {})
+    if not any(ns["type"] == "user" and not ns.get("path") for ns in linux.get("namespaces", [])):
+        return None
+    from hutch.runtime.userns import make_userns
+
+    return make_userns(linux.get("uidMappings", []), linux.get("gidMappings", []))
 
 
 def _wants_new_pidns(spec: dict) -> bool:
