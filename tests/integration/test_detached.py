@@ -287,3 +287,21 @@ def test_cp_both_ways_running_and_stopped(hutch, busybox, tmp_path):
         assert both.code == 125 and "CONTAINER:PATH" in both.err
     finally:
         hutch("rm", "-f", "cp")
+
+
+def test_foreground_runs_keep_their_log_and_pass_output_through(hutch, busybox):
+    try:
+        result = hutch("run", "--name", "fg", busybox, "sh", "-c", "echo out; echo err >&2; exit 3")
+        assert (result.code, result.out, result.err) == (3, "out\n", "err\n")
+        logs = hutch("logs", "fg")
+        assert (logs.out, logs.err) == ("out\n", "err\n")
+        assert hutch("start", "-a", "fg").code == 3
+        assert hutch.ok("logs", "fg") == "out\nout\n"
+        piped = subprocess.run(
+            f"{' '.join(hutch.argv('run', '--name', 'many', busybox, 'seq', '1', '20000'))} | head -1",
+            shell=True, capture_output=True, text=True, env=hutch.env,
+        )  # fmt: skip
+        assert piped.stdout == "1\n"
+        assert hutch.ok("logs", "--tail", "1", "many") == "20000\n"  # logged in full after the reader left
+    finally:
+        hutch("rm", "-f", "fg", "many")

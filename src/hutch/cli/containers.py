@@ -235,14 +235,33 @@ def run_attached(engine, record, interactive: bool) -> int:
     # why block: a signal arriving between the exec and the handlers below would kill hutch instead of
     # reaching the container; blocked, it waits and is forwarded once the handlers are in place.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    options = record.config.get("options", {})
+    out, err, copier = sys.stdout.fileno(), sys.stderr.fileno(), None
+    if not options.get("remove") and not options.get("tty"):
+        # Kept containers keep their output for ``hutch logs``; --rm ones would throw it away unread, so
+        # their output goes straight to ours and costs nothing.
+        from hutch.engine.monitor import start_copier
+        from hutch.errors import HutchError
+
+        try:
+            out, err, copier = start_copier(engine, record, out, err)
+        except HutchError as why:  # no C compiler: run anyway, without a log
+            print(f"hutch: warning: the container's output is not logged: {why}", file=sys.stderr)
     try:
-        proc = engine.start(record, (stdin, sys.stdout.fileno(), sys.stderr.fileno()), die_with_parent=True)
+        proc = engine.start(record, (stdin, out, err), die_with_parent=True)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-        if record.config.get("options", {}).get("remove"):
+        if options.get("remove"):
             engine.remove(record.id, force=True)
         raise
-    return engine.finish(record, attend(proc.pid, proc.console, interactive))
+    finally:
+        if copier is not None:
+            os.close(out)
+            os.close(err)
+    status = attend(proc.pid, proc.console, interactive)
+    if copier is not None:
+        os.waitpid(copier, 0)  # all output is through before we report the exit
+    return engine.finish(record, status)
 
 
 def _status(record) -> str:

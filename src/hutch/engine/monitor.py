@@ -135,6 +135,37 @@ def launch(engine, record, binary: str, report_fd: int | None) -> None:
     os.execv(binary, argv)
 
 
+def start_copier(engine, record, tee_out: int, tee_err: int) -> tuple[int, int, int]:
+    """For a container in the foreground: a monitor in copy mode keeps its log (so ``hutch logs`` works
+    afterwards, as with Docker) and passes the output on to ``tee_out``/``tee_err``.
+
+    Returns the write ends to give the container as stdout and stderr, and the copier's pid to wait for
+    once the container has exited (it ends when both streams do).
+    """
+    from hutch.native import program
+
+    binary = program("monitor", engine.root / "cache" / "bin")
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    cdir = str(engine.container_dir(record.id))
+    log_opts = record.config.get("options", {}).get("log_opts") or {}
+    argv = [binary, "-o", str(out_r), "-e", str(err_r), "-T", str(tee_out), "-U", str(tee_err)]
+    if log_opts.get("max-size"):
+        argv += ["-s", str(log_opts["max-size"]), "-n", str(log_opts.get("max-file", 1))]
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd in (out_r, err_r, tee_out, tee_err):
+                os.set_inheritable(fd, True)
+            os.chdir(cdir)
+            os.execv(binary, argv)
+        finally:
+            os._exit(127)
+    os.close(out_r)
+    os.close(err_r)
+    return out_w, err_w, pid
+
+
 def finish(root: str, cid: str) -> None:
     """The finisher the monitor execs: record the exit, then restart the container if its policy says so."""
     import time

@@ -17,6 +17,9 @@
  *
  * Usage: hutch-monitor -p PID -o FD [-e FD] [-i FD] [-t] [-s MAX_SIZE] [-n MAX_FILES] -- FINISHER...
  * run in the container's directory. All paths are relative to it: socket paths must fit in 108 bytes.
+ *
+ * Copy mode, for a container in the foreground (its hutch reaps it): without -p, the monitor only copies
+ * -o/-e into the log and on to -T/-U (the user's terminal or pipe), and exits when both streams end.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -51,6 +54,7 @@ static long long log_size, max_size;
 static int max_files = 1;
 static struct client clients[MAX_CLIENTS];
 static int stdin_fd = -1, console = 0, out_fd = -1;
+static int tee_fd[3] = {-1, -1, -1}; /* by stream: where a foreground container's output goes on to */
 
 static void die(const char *what)
 {
@@ -184,6 +188,8 @@ static int pump(int fd, int stream)
 	if (n <= 0) /* EIO on a pty whose last writer closed it is its end of stream too */
 		return 0;
 	log_chunk(stream == 2 ? "stderr" : "stdout", buf, (size_t)n);
+	if (tee_fd[stream] >= 0 && write_all(tee_fd[stream], buf, (size_t)n) != 0)
+		tee_fd[stream] = -1; /* the reader went away (| head): keep logging */
 	broadcast(stream, buf, (size_t)n);
 	return 1;
 }
@@ -231,7 +237,7 @@ int main(int argc, char **argv)
 {
 	pid_t pid = 0;
 	int err_fd = -1, opt;
-	while ((opt = getopt(argc, argv, "p:o:e:i:ts:n:")) != -1) {
+	while ((opt = getopt(argc, argv, "p:o:e:i:ts:n:T:U:")) != -1) {
 		switch (opt) {
 		case 'p': pid = (pid_t)atoi(optarg); break;
 		case 'o': out_fd = atoi(optarg); break;
@@ -240,8 +246,30 @@ int main(int argc, char **argv)
 		case 't': console = 1; break;
 		case 's': max_size = atoll(optarg); break;
 		case 'n': max_files = atoi(optarg); break;
+		case 'T': tee_fd[1] = atoi(optarg); break;
+		case 'U': tee_fd[2] = atoi(optarg); break;
 		default: return 2;
 		}
+	}
+	if (pid == 0 && out_fd >= 0) { /* copy mode */
+		signal(SIGPIPE, SIG_IGN);
+		if (max_files < 1)
+			max_files = 1;
+		open_log();
+		while (out_fd >= 0 || err_fd >= 0) {
+			struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
+			if (poll(fds, 2, -1) < 0 && errno != EINTR)
+				die("poll");
+			if (out_fd >= 0 && fds[0].revents && !pump(out_fd, 1)) {
+				close(out_fd);
+				out_fd = -1;
+			}
+			if (err_fd >= 0 && fds[1].revents && !pump(err_fd, 2)) {
+				close(err_fd);
+				err_fd = -1;
+			}
+		}
+		return 0;
 	}
 	if (pid <= 0 || out_fd < 0 || optind >= argc) {
 		dprintf(2, "usage: hutch-monitor -p PID -o FD [-e FD] [-i FD] [-t] [-s SIZE] [-n FILES] -- CMD...\n");
