@@ -305,3 +305,48 @@ def test_foreground_runs_keep_their_log_and_pass_output_through(hutch, busybox):
         assert hutch.ok("logs", "--tail", "1", "many") == "20000\n"  # logged in full after the reader left
     finally:
         hutch("rm", "-f", "fg", "many")
+
+
+def test_attach_with_a_terminal_resizes_and_detaches_with_ctrl_p_ctrl_q(hutch, busybox):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from ptysession import read_until
+
+    def session(script):
+        pid, master = pty.fork()
+        if pid == 0:
+            argv = hutch.argv("attach", "t")
+            os.execve(argv[0], argv, hutch.env)
+        try:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+            seen = script(master)
+            read_until(master, b"", timeout=5)
+            _, status = os.waitpid(pid, 0)
+            return seen, os.waitstatus_to_exitcode(status)
+        finally:
+            os.close(master)
+
+    def first(master):
+        time.sleep(0.5)
+        os.write(master, b"stty size; echo marker-$((6*7))\r")
+        seen = read_until(master, b"marker-42\r\n")
+        os.write(master, b"\x10\x11")
+        return seen + read_until(master, b"read escape sequence")
+
+    def second(master):
+        time.sleep(0.5)
+        os.write(master, b"exit 5\r")
+        return b""
+
+    try:
+        hutch.ok("run", "-dit", "--name", "t", busybox, "sh")
+        seen, code = session(first)
+        assert b"33 101" in seen and code == 0
+        assert _inspect(hutch, "t")["State"]["Status"] == "running"
+        _, code = session(second)
+        assert code == 5
+    finally:
+        hutch("rm", "-f", "t")

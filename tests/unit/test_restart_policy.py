@@ -45,3 +45,16 @@ def test_backoff_doubles_up_to_a_minute_and_resets_after_a_healthy_run():
     assert delay_before(3, 0.1) == FIRST_DELAY * 8
     assert delay_before(40, 0.1) == MAX_DELAY
     assert delay_before(40, 11.0) == FIRST_DELAY
+
+
+def test_detach_keys():
+    from hutch.cli.attach import _Detached, _scan, parse_detach_keys
+
+    assert parse_detach_keys("ctrl-p,ctrl-q") == b"\x10\x11"
+    assert parse_detach_keys("ctrl-a,x") == b"\x01x"
+    with pytest.raises(InvalidArgument):
+        parse_detach_keys("ctrl-pq")
+    assert _scan(b"abc", b"\x10\x11") == (b"abc", 0)
+    assert _scan(b"abc\x10", b"\x10\x11") == (b"abc", 1)  # held back until the next read decides
+    with pytest.raises(_Detached):
+        _scan(b"\x10\x11", b"\x10\x11")

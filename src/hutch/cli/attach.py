@@ -17,7 +17,30 @@ import sys
 _STDIN, _RESIZE = 0, 9
 
 
-def attach(engine, ref: str, stdin: bool, sig_proxy: bool) -> int:
+DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
+
+
+def parse_detach_keys(text: str) -> bytes:
+    """Docker's ``--detach-keys``: comma-separated ``ctrl-<letter>``, ``ctrl-@``, ``ctrl-[`` ... or single
+    characters; empty means none."""
+    from hutch.errors import InvalidArgument
+
+    keys = b""
+    for key in filter(None, text.split(",")):
+        if len(key) == 1:
+            keys += key.encode()
+        elif key.startswith("ctrl-") and len(key) == 6 and "@" <= key[5].upper() <= "_":
+            keys += bytes([ord(key[5].upper()) - 64])
+        else:
+            raise InvalidArgument(f"invalid --detach-keys {text!r}: expected keys such as ctrl-p,ctrl-q")
+    return keys
+
+
+class _Detached(Exception):
+    pass
+
+
+def attach(engine, ref: str, stdin: bool, sig_proxy: bool, detach_keys: bytes = b"\x10\x11") -> int:
     from hutch.engine.lifecycle import wait_exited
     from hutch.errors import Conflict
 
@@ -37,7 +60,10 @@ def attach(engine, ref: str, stdin: bool, sig_proxy: bool) -> int:
             signal.signal(sig, lambda signum, _frame: forward_to(record.pid, signum))
     saved = _raw_terminal(sock) if tty and stdin else None
     try:
-        _pump(sock, stdin)
+        _pump(sock, stdin, detach_keys)
+    except _Detached:
+        sys.stderr.write("\r\nread escape sequence\r\n" if tty else "read escape sequence\n")
+        return 0
     finally:
         if saved is not None:
             import termios
@@ -88,8 +114,10 @@ def _raw_terminal(sock: socket.socket):
     return saved
 
 
-def _pump(sock: socket.socket, stdin: bool) -> None:
-    """Demultiplex output to stdout/stderr and send stdin until the monitor closes the connection."""
+def _pump(sock: socket.socket, stdin: bool, detach_keys: bytes = b"") -> None:
+    """Demultiplex output to stdout/stderr and send stdin until the monitor closes the connection, or the
+    detach keys are typed (raises _Detached; keys split across reads count too)."""
+    matched = 0
     out = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
     readers: list = [sock] + ([sys.stdin.fileno()] if stdin else [])
     buffer = b""
@@ -113,7 +141,20 @@ def _pump(sock: socket.socket, stdin: bool) -> None:
                 buffer = buffer[8 + length :]
         if stdin and sys.stdin.fileno() in ready:
             data = os.read(sys.stdin.fileno(), 16384)
+            if detach_keys and data:
+                held = detach_keys[:matched]  # a prefix of the sequence, held back from the last read
+                data, matched = _scan(held + data, detach_keys)
             sock.sendall(_frame(_STDIN, data))  # empty at end of input: closes the container's stdin
             if not data:
                 readers.remove(sys.stdin.fileno())
                 stdin = False
+
+
+def _scan(data: bytes, keys: bytes) -> tuple[bytes, int]:
+    """(bytes to send, how much of ``keys`` the end of ``data`` matches); raises _Detached on a match."""
+    if keys in data:
+        raise _Detached
+    for length in range(min(len(keys) - 1, len(data)), 0, -1):
+        if data.endswith(keys[:length]):
+            return data[:-length], length
+    return data, 0

@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
         p = sub.add_parser("attach", help="attach to a detached container's input and output")
         p.add_argument("--no-stdin", action="store_true", help="do not attach stdin")
         p.add_argument("--sig-proxy", default="true", help="forward signals to the container (true|false)")
+        p.add_argument(
+            "--detach-keys", default="ctrl-p,ctrl-q", help="keys that detach (default ctrl-p,ctrl-q)"
+        )
         p.add_argument("container", metavar="CONTAINER")
         p.set_defaults(handler=cmd_attach)
 
@@ -190,9 +193,10 @@ def cmd_unpause(args: argparse.Namespace, ctx) -> int:
 
 def cmd_attach(args: argparse.Namespace, ctx) -> int:
     """Relay the terminal to the container's monitor until the container exits; its exit code is ours."""
-    from hutch.cli.attach import attach
+    from hutch.cli.attach import attach, parse_detach_keys
 
-    return attach(ctx.engine, args.container, stdin=not args.no_stdin, sig_proxy=args.sig_proxy != "false")
+    keys = parse_detach_keys(args.detach_keys)
+    return attach(ctx.engine, args.container, not args.no_stdin, args.sig_proxy != "false", keys)
 
 
 def cmd_rename(args: argparse.Namespace, ctx) -> int:
