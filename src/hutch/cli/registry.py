@@ -62,14 +62,16 @@ def registry_for(ctx, domain: str, tls_verify: bool = True, credentials=None):
     )
 
 
-def pull_image(ctx, text: str, *, quiet: bool = False, platform: str | None = None, tls_verify: bool = True):
-    """Pull ``text`` into the context's store with progress on stdout; used by ``run --pull`` too."""
+def pull_image(
+    ctx, text: str, *, quiet: bool = False, platform: str | None = None, tls_verify: bool = True, out=None
+):
+    """Pull ``text`` into the context's store with progress on ``out`` (stdout); ``run --pull`` too."""
     from hutch.image.registry.progress import Progress
     from hutch.image.registry.pull import parse_platform, pull
     from hutch.oci import reference
 
     ref = reference.normalize(text)
-    progress = Progress(mode="quiet" if quiet else "auto")
+    progress = Progress(out, mode="quiet" if quiet else "auto")
     registry = registry_for(ctx, ref.domain, tls_verify)
     image = pull(ctx.images, text, registry, progress, parse_platform(platform))
     return image, ref
