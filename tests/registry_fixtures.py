@@ -230,12 +230,13 @@ class Registry:
 
 
 class CuttingProxy:
-    """A TCP proxy in front of a registry that breaks every connection carrying the byte ``cut_at`` of
+    """A TCP proxy in front of a registry that breaks the connection carrying byte ``cut_at`` of
     server-to-client data, once: a network failure mid-download, on a real connection."""
 
-    def __init__(self, target_port: int, cut_at: int) -> None:
+    def __init__(self, target_port: int, cut_at: int, on_cut=None) -> None:
         self.target_port = target_port
         self.cut_at = cut_at
+        self.on_cut = on_cut  # called at the cut, before the connection closes (e.g. kill the registry)
         self.sent = 0
         self.cuts = 0
         self._lock = threading.Lock()
@@ -250,7 +251,11 @@ class CuttingProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the registry is down (killed by a test): the client sees a reset
+                client.close()
+                continue
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
@@ -265,6 +270,8 @@ class CuttingProxy:
                             self.cuts += 1
                     if cut:
                         dst.sendall(data[: self.cut_at - before])
+                        if self.on_cut is not None:
+                            self.on_cut()
                         break
                 dst.sendall(data)
         except OSError:
