@@ -23,7 +23,7 @@ from hutch.image.registry.transport import CONNECTION_ERRORS, Unreachable
 from hutch.image.store import NewImage
 from hutch.oci import image as oci
 from hutch.oci import reference
-from hutch.oci.digest import Digest
+from hutch.oci.digest import Digest, chain_ids
 
 if TYPE_CHECKING:
     from hutch.image.store import Image, ImageStore, Ingest
@@ -137,9 +137,14 @@ class Puller:
         names = [str(ref)] if ref.digest is None else []
         names.append(f"{ref.name}@{top}")
         existed = self._has_image(manifest.config.digest)
+        diff_ids = oci.config_diff_ids(oci.parse_image_config(config))
+        if len(diff_ids) != len(manifest.layers):
+            raise CorruptContent(f"image {manifest.config.digest}: manifest and config do not agree")
+        layers = list(zip(manifest.layers, chain_ids(diff_ids), diff_ids, strict=True))
         with self.store.ingest() as ing:
-            self._download(ing, ref.path, manifest.layers, scopes)
-            image = self.store.add_images([NewImage(manifest_bytes, config, names, media_type)])[0]
+            self._download(ing, ref.path, layers, scopes)
+            new = NewImage(manifest_bytes, config, names, media_type)
+            image = self.store.add_images([new], ingest=ing)[0]
         self.progress.message(f"Digest: {top}")
         status = "Image is up to date" if existed else "Downloaded newer image"
         self.progress.message(f"Status: {status} for {ref.familiar()}")
@@ -197,19 +202,23 @@ class Puller:
         return data
 
     def _download(self, ing: Ingest, repo: str, layers, scopes) -> None:
-        """Every layer blob the store lacks, in parallel; the first failure cancels what has not started."""
-        missing = []
-        for desc in layers:
+        """Every layer blob the store lacks, in parallel, each unpacked by its worker as soon as it is in
+        (a layer directory does not depend on the layers below it); the first failure cancels what has
+        not started."""
+        missing: dict[Digest, list] = {}
+        for desc, chain_id, diff_id in layers:
             key = desc.digest.short
-            if ing.has(desc.digest):
+            if desc.digest in missing:
+                missing[desc.digest].append((desc, chain_id, diff_id))
+            elif ing.has(desc.digest):
                 self.progress.status(key, "Already exists")
             else:
                 self.progress.status(key, "Waiting", desc.size)
-                missing.append(desc)
+                missing[desc.digest] = [(desc, chain_id, diff_id)]
         if not missing:
             return
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(missing))) as pool:
-            futures = [pool.submit(self._fetch, ing, repo, desc, scopes) for desc in missing]
+            futures = [pool.submit(self._fetch, ing, repo, uses, scopes) for uses in missing.values()]
             try:
                 for future in futures:
                     future.result()
@@ -218,7 +227,8 @@ class Puller:
                     future.cancel()
                 raise
 
-    def _fetch(self, ing: Ingest, repo: str, desc: oci.Descriptor, scopes) -> None:
+    def _fetch(self, ing: Ingest, repo: str, uses: list, scopes) -> None:
+        desc = uses[0][0]
         key = desc.digest.short
         self.progress.status(key, "Downloading", desc.size)
         stream = BlobStream(self.registry, repo, desc, scopes, lambda n: self.progress.advance(key, n))
@@ -228,6 +238,10 @@ class Puller:
             self.progress.status(key, "Verification failed")
             raise
         self.progress.status(key, "Download complete")
+        self.progress.status(key, "Extracting")
+        for layer_desc, chain_id, diff_id in uses:
+            ing.unpack_layer(chain_id, diff_id, layer_desc)
+        self.progress.status(key, "Pull complete")
 
 
 def pull(
