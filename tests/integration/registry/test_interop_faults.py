@@ -141,9 +141,7 @@ def test_registry_killed_mid_download_then_restarted(hutch, own_registry, big_im
         time.sleep(1.0)  # the pull retries against a dead registry meanwhile
         own_registry.start()
         out, err = pull.communicate(timeout=60)
-        if pull.returncode != 0:  # a clean failure is acceptable: nothing half-written, and a retry works
-            _store_is_empty(hutch)
-            hutch.ok("pull", name)
+        assert pull.returncode == 0, err  # resumed from the byte it reached once the registry was back
         assert hutch.ok("run", "--rm", name, "stat", "-c", "%s", "/big.bin").strip() == str(BIG)
     finally:
         if pull.poll() is None:
@@ -163,3 +161,18 @@ def test_a_tampered_blob_is_caught_and_nothing_is_stored(hutch, own_registry, bi
     assert result.code == 125
     assert "digest mismatch" in result.err and manifest["layers"][1]["digest"] in result.err
     _store_is_empty(hutch)
+
+
+def test_registry_killed_for_good_fails_cleanly_then_a_second_pull_works(hutch, own_registry, big_image):
+    proxy = CuttingProxy(own_registry.port, cut_at=3 << 20, on_cut=own_registry.stop)
+    try:
+        name = f"127.0.0.1:{proxy.port}/{big_image}"
+        result = hutch("pull", name)
+        assert result.code == 125
+        assert "could not be resumed" in result.err and len(result.err.strip().splitlines()) == 1
+        _store_is_empty(hutch)
+        own_registry.start()
+        hutch.ok("pull", name)
+        assert hutch.ok("run", "--rm", name, "stat", "-c", "%s", "/big.bin").strip() == str(BIG)
+    finally:
+        proxy.close()
