@@ -11,8 +11,9 @@ every blob is in.
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING
 
 from hutch.errors import CorruptContent, HutchError, InvalidArgument, NotFound
@@ -44,10 +45,17 @@ def parse_platform(text: str | None) -> oci.Platform | None:
     return oci.Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
 
 
+class _Aborted(HutchError):
+    """A download stopped because another one of the same pull failed (never the error reported)."""
+
+
 class BlobStream:
     """A blob's bytes from the registry as a readable stream that resumes with Range after a break."""
 
-    def __init__(self, registry: Registry, repo: str, desc: oci.Descriptor, scopes, on_bytes) -> None:
+    def __init__(
+        self, registry: Registry, repo: str, desc: oci.Descriptor, scopes, on_bytes, abort=None
+    ) -> None:
+        self.abort = abort  # a threading.Event: another download failed, stop this one
         self.registry = registry
         self.repo = repo
         self.desc = desc
@@ -63,6 +71,8 @@ class BlobStream:
             self._finish()
             return b""
         want = min(n if n > 0 else _CHUNK, remaining)
+        if self.abort is not None and self.abort.is_set():
+            raise _Aborted(f"download of blob {self.desc.digest} stopped: another download failed")
         while True:
             try:
                 if self._resp is None:
@@ -217,21 +227,23 @@ class Puller:
                 missing[desc.digest] = [(desc, chain_id, diff_id)]
         if not missing:
             return
+        abort = threading.Event()
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(missing))) as pool:
-            futures = [pool.submit(self._fetch, ing, repo, uses, scopes) for uses in missing.values()]
+            futures = [pool.submit(self._fetch, ing, repo, uses, scopes, abort) for uses in missing.values()]
             try:
-                for future in futures:
+                for future in as_completed(futures):
                     future.result()
             except BaseException:
+                abort.set()
                 for future in futures:
                     future.cancel()
                 raise
 
-    def _fetch(self, ing: Ingest, repo: str, uses: list, scopes) -> None:
+    def _fetch(self, ing: Ingest, repo: str, uses: list, scopes, abort: threading.Event) -> None:
         desc = uses[0][0]
         key = desc.digest.short
         self.progress.status(key, "Downloading", desc.size)
-        stream = BlobStream(self.registry, repo, desc, scopes, lambda n: self.progress.advance(key, n))
+        stream = BlobStream(self.registry, repo, desc, scopes, lambda n: self.progress.advance(key, n), abort)
         try:
             ing.put_stream(stream, desc.digest, desc.size)
         except CorruptContent:
