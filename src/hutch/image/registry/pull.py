@@ -45,6 +45,12 @@ def parse_platform(text: str | None) -> oci.Platform | None:
     return oci.Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
 
 
+def _known(media_type: str) -> str | None:
+    """The Content-Type of a manifest response when it names a manifest type; registries answer
+    ``application/json`` or nothing for documents without ``mediaType``, and then the body decides."""
+    return media_type if media_type in oci.MANIFEST_TYPES | oci.INDEX_TYPES else None
+
+
 class _Aborted(HutchError):
     """A download stopped because another one of the same pull failed (never the error reported)."""
 
@@ -173,12 +179,12 @@ class Puller:
         target = str(ref.digest) if ref.digest is not None else ref.tag
         data, media_type = self._manifest(ref, target, scopes, ref.digest)
         top = ref.digest or Digest.of_bytes(data)
-        kind = oci.document_media_type(data, media_type or None, f"manifest {ref.familiar()}")
+        kind = oci.document_media_type(data, _known(media_type), f"manifest {ref.familiar()}")
         if kind in oci.INDEX_TYPES:
             index = oci.parse_index(data, kind, f"index {ref.familiar()}")
             entry = oci.select_manifest(index, platform)
             data, media_type = self._manifest(ref, str(entry.digest), scopes, entry.digest)
-            kind = oci.document_media_type(data, media_type or None, f"manifest {entry.digest}")
+            kind = oci.document_media_type(data, _known(media_type), f"manifest {entry.digest}")
         return top, data, kind
 
     def _manifest(self, ref, target: str, scopes, expected: Digest | None) -> tuple[bytes, str]:
