@@ -15,6 +15,7 @@ Prints min / median / max wall time per tool. Usage: ``bench/pull.py [--rounds N
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,12 +35,20 @@ from registry_fixtures import Registry  # noqa: E402
 FILLER = 40 << 20
 
 
+CPU: dict[str, list[float]] = {}
+
+
 def _run(argv: list[str]) -> float:
+    """Wall time of one command; its CPU time (user + system, children included) goes to ``CPU``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU.setdefault(Path(argv[0]).name, []).append(cpu)
     return elapsed
 
 
@@ -105,10 +114,10 @@ def main() -> int:
         finally:
             registry.stop()
     print(f"image: 4 layers, {wire / 1e6:.1f} MB on the wire; {args.rounds} interleaved rounds")
-    for label, values in times.items():
+    for (label, values), cpu in zip(times.items(), CPU.values(), strict=True):
         print(
             f"{label:26s} median {statistics.median(values):6.2f} s   "
-            f"min {min(values):6.2f} s   max {max(values):6.2f} s"
+            f"min {min(values):6.2f} s   max {max(values):6.2f} s   cpu {statistics.median(cpu):5.2f} s"
         )
     return 0
 
