@@ -3,7 +3,8 @@
 
 ``write_image`` stores gzip layers (the busybox rootfs, then filler layers of pseudo-random bytes), a
 config and a manifest in ``<dir>/blobs/sha256``; ``write_index`` names manifests in ``index.json``, either
-directly (one tag) or through a multi-platform image index. Standard library only.
+directly (one tag) or through a multi-platform image index. Standard library only (zstd layers
+need ``zstandard``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 
 
 def _put(layout: Path, data: bytes) -> tuple[str, int]:
@@ -41,15 +44,31 @@ def filler_tar(name: str, size: int, seed: int) -> bytes:
     return out.getvalue()
 
 
+def _compress(tar: bytes, compression: str) -> tuple[bytes, str]:
+    if compression == "zstd":
+        import zstandard  # hutch's own dependency; only this option needs it
+
+        return zstandard.ZstdCompressor(level=1).compress(tar), OCI_LAYER_ZSTD
+    if compression == "none":
+        return tar, OCI_LAYER_TAR
+    return gzip.compress(tar, compresslevel=1, mtime=0), OCI_LAYER_GZIP
+
+
 def write_image(
-    layout: Path, layer_tars: list[bytes], arch: str = "amd64", env: list[str] | None = None
+    layout: Path,
+    layer_tars: list[bytes],
+    arch: str = "amd64",
+    env: list[str] | None = None,
+    compression: str = "gzip",
 ) -> dict:
-    """Store an image's blobs in ``layout``; returns its manifest descriptor (with platform)."""
+    """Store an image's blobs in ``layout`` (layers gzip, zstd or none); returns its manifest descriptor
+    (with platform)."""
     diff_ids, layers = [], []
     for tar in layer_tars:
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        digest, size = _put(layout, gzip.compress(tar, compresslevel=1, mtime=0))
-        layers.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
+        blob, media_type = _compress(tar, compression)
+        digest, size = _put(layout, blob)
+        layers.append({"mediaType": media_type, "digest": digest, "size": size})
     config = {
         "architecture": arch,
         "os": "linux",

@@ -105,6 +105,20 @@ def test_hutch_pulls_docker_schema2_skopeo_pushed(hutch, open_registry, busybox_
     assert hutch.ok("run", "--rm", name, "echo", "v2s2").strip() == "v2s2"
 
 
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_hutch_pulls_zstd_and_uncompressed_layers(hutch, open_registry, busybox_tar, tmp_path):
+    layout = tmp_path / "layout"
+    for kind in ("zstd", "none"):
+        layers = [busybox_tar.read_bytes(), filler_tar(f"{kind}.bin", 1000, 2)]
+        write_index(layout, kind, [write_image(layout, layers, compression=kind)])
+        name = f"{open_registry.host}/interop/layers-{kind}:1"
+        _skopeo_push(layout, kind, name)
+        raw = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}"))
+        suffix = {"zstd": "+zstd", "none": ".tar"}[kind]
+        assert all(layer["mediaType"].endswith(suffix) for layer in raw["layers"])
+        assert hutch.ok("run", "--rm", name, "stat", "-c", "%s", f"/{kind}.bin").strip() == "1000"
+
+
 @pytest.fixture
 def big_image(own_registry, busybox_tar, tmp_path) -> str:
     """busybox plus an 8 MiB incompressible layer, pushed by skopeo to the test's own registry."""

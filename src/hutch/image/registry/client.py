@@ -161,16 +161,19 @@ class Registry:
                 _rewind(body)
                 continue
             if resp.status in _REDIRECTS and method in ("GET", "HEAD") and resp.getheader("Location"):
-                return self._follow(
-                    method, urljoin(self.transport.base + path, resp.getheader("Location")), ok
-                )
+                location = urljoin(self.transport.base + path, resp.getheader("Location"))
+                extra = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+                return self._follow(method, location, ok, extra)
             raise self._error(resp.status, data, what or f"{method} {path}")
 
-    def _follow(self, method: str, url: str, ok: tuple[int, ...]) -> http.client.HTTPResponse:
-        """Follow a redirect to blob storage: a fresh connection, no registry credentials."""
+    def _follow(
+        self, method: str, url: str, ok: tuple[int, ...], headers: dict[str, str]
+    ) -> http.client.HTTPResponse:
+        """Follow a redirect to blob storage: a fresh connection, the request's headers (a Range) but
+        never the registry's credentials."""
         for _ in range(5):
             transport, target = transport_for_url(url, self.certs_dirs, self.insecure)
-            resp = self._send(transport, method, target, {}, None)
+            resp = self._send(transport, method, target, headers, None)
             if resp.status in _REDIRECTS and resp.getheader("Location"):
                 resp.read()
                 url = urljoin(url, resp.getheader("Location"))
