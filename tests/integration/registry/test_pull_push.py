@@ -27,6 +27,12 @@ def test_push_then_pull_into_an_empty_root_and_run(hutch, busybox, second, open_
     again = second.ok("pull", name)
     assert "Image is up to date" in again and "Downloading" not in again
     assert second.ok("pull", "-q", f"{open_registry.host}/hutch/busybox@{digest}").strip().endswith(digest)
+    # What hutch pulled, it pushes: to another repository the blobs are mounted, not uploaded.
+    copy = f"{open_registry.host}/hutch/busybox-copy:1"
+    second.ok("tag", name, copy)
+    out = second.ok("push", copy)
+    assert "Mounted from hutch/busybox" in out and "Pushing" not in out
+    assert f"digest: {digest}" in out
 
 
 def test_second_push_finds_blobs_and_mounts_across_repositories(hutch, busybox, open_registry):
