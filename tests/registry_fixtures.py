@@ -64,11 +64,15 @@ def make_pki(folder: Path) -> dict[str, Path]:
     (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf", cwd=folder)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+             "-subj", "/CN=hutch client", cwd=folder)  # fmt: skip
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "client.cert", "-days", "2", cwd=folder)  # fmt: skip
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "token.key", "-out", "token.crt",
              "-days", "2", "-subj", "/CN=hutch token signer", cwd=folder)  # fmt: skip
     return {
         n: folder / f"{n.replace('_', '.')}"
-        for n in ("ca.crt", "server.crt", "server.key", "token.crt", "token.key")
+        for n in ("ca.crt", "server.crt", "server.key", "token.crt", "token.key", "client.cert", "client.key")
     }
 
 
@@ -156,7 +160,7 @@ class Registry:
     """One ``docker-registry`` process with its storage in ``folder``; ``restart`` keeps port and data."""
 
     def __init__(self, folder: Path, mode: str = "open", pki: dict[str, Path] | None = None,
-                 token: TokenServer | None = None) -> None:  # fmt: skip
+                 token: TokenServer | None = None, client_ca: bool = False) -> None:  # fmt: skip
         self.folder = folder
         self.mode = mode
         self.port = free_port()
@@ -168,7 +172,9 @@ class Registry:
             "log: {level: error, accesslog: {disabled: true}}",
             f"storage: {{filesystem: {{rootdirectory: {self.storage}}}, delete: {{enabled: true}}}}",
             f"http: {{addr: 127.0.0.1:{self.port}, secret: hutch-test-secret"
-            + (f", tls: {{certificate: {pki['server.crt']}, key: {pki['server.key']}}}" if pki else "")
+            + (f", tls: {{certificate: {pki['server.crt']}, key: {pki['server.key']}" if pki else "")
+            + (f", clientcas: [{pki['ca.crt']}]" if pki and client_ca else "")
+            + ("}" if pki else "")
             + "}",
         ]
         if mode == "basic":

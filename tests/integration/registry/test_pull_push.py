@@ -113,3 +113,31 @@ def test_token_auth_over_tls(hutch, busybox, second, token_registry, token_serve
     assert second.ok("run", "--rm", name, "echo", "tls").strip() == "tls"
     result = hutch("push", name)  # anonymous users may not push
     assert result.code == 125 and "unauthorized" in result.err
+
+
+def test_client_certificate_from_certs_d(hutch, busybox, second, pki, tmp_path):
+    """A registry that demands a client certificate signed by its CA (``http.tls.clientcas``)."""
+    from registry_fixtures import Registry
+
+    (tmp_path / "mtls").mkdir()
+    registry = Registry(tmp_path / "mtls", "open", pki=pki, client_ca=True)
+    registry.start()
+    try:
+        name = _push(hutch, registry, "hutch/mtls:1")
+        registry.trust(hutch.root)
+        result = hutch("push", name)
+        assert result.code == 125 and registry.host in result.err  # a TLS failure naming the registry
+        folder = hutch.root / "certs.d" / registry.host
+        for part in ("client.cert", "client.key"):
+            (folder / part).write_bytes(pki[part].read_bytes())
+        hutch.ok("push", name)
+        registry.trust(second.root)
+        result = second("pull", name)
+        assert result.code == 125
+        (second.root / "certs.d" / registry.host / "client.cert").write_bytes(pki["client.cert"].read_bytes())
+        result = second("pull", name)
+        assert result.code == 125 and "client certificate without its key client.key" in result.err
+        (second.root / "certs.d" / registry.host / "client.key").write_bytes(pki["client.key"].read_bytes())
+        assert second.ok("run", "--rm", name, "echo", "mtls").strip() == "mtls"
+    finally:
+        registry.stop()

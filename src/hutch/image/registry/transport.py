@@ -45,18 +45,26 @@ def is_loopback(netloc: str) -> bool:
 
 
 def tls_context(netloc: str, certs_dirs: list[Path], verify: bool = True) -> ssl.SSLContext:
-    """The system trust store plus the registry's own CAs from each certs.d directory."""
-    if not verify:
+    """The system trust store plus the registry's own CAs (``*.crt``) from each certs.d directory, and a
+    client certificate when one is there (``<name>.cert`` with its ``<name>.key``, Docker's layout)."""
+    if verify:
+        ctx = ssl.create_default_context()
+    else:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    ctx = ssl.create_default_context()
     for base in certs_dirs:
         folder = base / netloc
-        if folder.is_dir():
+        if not folder.is_dir():
+            continue
+        if verify:
             for cert in sorted(folder.glob("*.crt")):
                 ctx.load_verify_locations(cafile=str(cert))
+        for cert in sorted(folder.glob("*.cert")):
+            key = cert.with_suffix(".key")
+            if not key.is_file():
+                raise HutchError(f"{cert}: client certificate without its key {key.name}")
+            ctx.load_cert_chain(str(cert), str(key))
     return ctx
 
 
