@@ -2,9 +2,10 @@
 
 Trust: the system CA store plus every ``*.crt`` in ``<dir>/<host[:port]>/`` for each certs.d directory
 (``/etc/docker/certs.d``, ``/etc/containers/certs.d``, ``/etc/hutch/certs.d`` and ``<root>/certs.d``), the
-layout Docker and Podman use. Plain HTTP is used only for an insecure registry (``--tls-verify=false`` or a
-loopback address, as Docker treats 127.0.0.0/8): HTTPS is tried first, without verification, and HTTP only
-when the TLS handshake fails.
+layout Docker and Podman use, with a client certificate (``*.cert`` + ``*.key``) when one is there. Plain
+HTTP is used only for a loopback registry (as Docker treats 127.0.0.0/8) or with ``--tls-verify=false``:
+HTTPS is tried first (verified, unless ``--tls-verify=false``) and HTTP only when the TLS handshake fails
+for a reason other than an untrusted certificate, which stays an error.
 """
 
 from __future__ import annotations
