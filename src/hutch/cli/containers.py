@@ -93,6 +93,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-l", "--label", action="append", default=[], metavar="K=V", help="set a label")
     p.add_argument("--log-driver", default="k8s-file", help="k8s-file (the only one; json-file is taken too)")
+    p.add_argument(
+        "--pull",
+        default="missing",
+        choices=("missing", "always", "never"),
+        help="pull the image first: when the store lacks it (default), always, or never",
+    )
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -203,11 +209,36 @@ def _lifecycle_options(args: argparse.Namespace) -> dict:
     }
 
 
+def ensure_image(args: argparse.Namespace, ctx) -> None:
+    """``--pull``: fetch the image from its registry when the store lacks it (``missing``), every time
+    (``always``) or never. The registry code is imported only when a pull happens, so running an image
+    the store has costs one lookup."""
+    from hutch.errors import HutchError, NotFound
+
+    if args.pull == "never":
+        return
+    if args.pull == "missing":
+        try:
+            ctx.images.resolve(args.image)
+            return
+        except NotFound:
+            pass
+    from hutch.cli.registry import pull_image
+
+    try:
+        pull_image(ctx, args.image, quiet=not sys.stderr.isatty(), out=sys.stderr)
+    except HutchError as err:
+        if args.pull == "always":
+            raise
+        raise NotFound(f'image "{args.image}" not found locally, and pulling it failed: {err}')
+
+
 def cmd_run(args: argparse.Namespace, ctx) -> int:
     """``hutch run``: the container's exit status becomes ours."""
     from hutch.errors import InvalidArgument
 
     opts = run_options(args)
+    ensure_image(args, ctx)
     if opts.detach and opts.remove and opts.interactive:
         raise InvalidArgument("--rm with -d -i is not supported")
     engine = ctx.engine

@@ -89,9 +89,11 @@ def _each(refs: list[str], action) -> int:
 
 
 def cmd_create(args: argparse.Namespace, ctx) -> int:
-    from hutch.cli.containers import run_options
+    from hutch.cli.containers import ensure_image, run_options
 
-    record = ctx.engine.create(run_options(args))
+    opts = run_options(args)
+    ensure_image(args, ctx)
+    record = ctx.engine.create(opts)
     print(record.id)
     return 0
 

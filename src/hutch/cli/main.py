@@ -18,6 +18,7 @@ _GROUPS = {
     "hutch.cli.images": ("images", "import", "load", "save", "tag", "rmi", "image"),
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
     "hutch.cli.system": ("info",),
+    "hutch.cli.registry": ("pull", "push", "login", "logout"),
     "hutch.cli.execs": ("exec",),
     "hutch.cli.events": ("events",),
     "hutch.cli.copy": ("cp",),

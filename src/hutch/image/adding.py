@@ -47,6 +47,7 @@ class ImageAdder:
         created: list[Digest] = []
         try:
             sizes = self._unpack_all(prepared, created) if unpack else {}
+            sizes.update(ing.unpacked)
             with self.db.transaction() as conn:
                 for p in prepared:
                     self._insert(conn, p, sizes)

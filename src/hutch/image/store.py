@@ -155,9 +155,12 @@ class Ingest:
     never delete a blob between its write and the ``add_image`` that references it.
     """
 
-    def __init__(self, blobs: BlobStore) -> None:
+    def __init__(self, blobs: BlobStore, layers: LayerDirs | None = None) -> None:
         self.blobs = blobs
+        self.layers = layers
         self.touched: set[Digest] = set()
+        self.unpacked: dict[str, int] = {}  # chain ID -> uncompressed size, for layers unpacked early
+        self.created: list[Digest] = []  # layer dirs this ingest made (taken back if no image claims them)
 
     def has(self, digest: Digest) -> bool:
         return self.blobs.has(digest)
@@ -178,6 +181,18 @@ class Ingest:
         digest = self.blobs.put_bytes(data, expected)
         self.touched.add(digest)
         return digest
+
+    def unpack_layer(self, chain_id: Digest, diff_id: Digest, blob: oci.Descriptor) -> None:
+        """Unpack a stored layer blob now, before its image is added (a pull overlaps this with the
+        downloads of other layers); verified as ``add_images`` would, and taken back if never recorded."""
+        from hutch.image.layers import Layer
+
+        assert self.layers is not None, "ingest made without layer dirs"
+        made, size = self.layers.unpack(Layer(chain_id, diff_id, blob))
+        if made:
+            self.created.append(chain_id)
+        if size is not None:
+            self.unpacked[str(chain_id)] = size
 
 
 class ImageStore:
@@ -211,11 +226,13 @@ class ImageStore:
     def ingest(self) -> Iterator[Ingest]:
         """``with store.ingest() as ing:`` write blobs, then ``add_image``; unused ones go at exit."""
         with self._layers.store_lock():
-            ing = Ingest(self.blobs)
+            ing = Ingest(self.blobs, self._layers)
             try:
                 yield ing
             finally:
                 self._gc.discard_unreferenced(ing.touched)
+                if ing.created:
+                    self._layers.remove_orphans(ing.created)
 
     def add_image(
         self,
@@ -229,7 +246,9 @@ class ImageStore:
         """Add one image whose layer blobs are stored; ``names`` may be tags or ``repo@digest``."""
         return self.add_images([NewImage(manifest, config, names, media_type)], unpack=unpack)[0]
 
-    def add_images(self, items: Sequence[NewImage], *, unpack: bool = True) -> list[Image]:
+    def add_images(
+        self, items: Sequence[NewImage], *, unpack: bool = True, ingest: Ingest | None = None
+    ) -> list[Image]:
         """Add images all or nothing: verify and unpack every layer, then record them in one transaction.
 
         With ``unpack`` each layer's blob digest and diff ID are checked now (a corrupt layer fails here,
@@ -237,8 +256,11 @@ class ImageStore:
         """
         from hutch.image.adding import ImageAdder
 
-        with self.ingest() as ing:
-            image_ids = ImageAdder(self.db, self.blobs, self._layers).add(items, ing, unpack)
+        if ingest is not None:  # the caller's ingest (whose blobs and early-unpacked layers these use)
+            image_ids = ImageAdder(self.db, self.blobs, self._layers).add(items, ingest, unpack)
+        else:
+            with self.ingest() as ing:
+                image_ids = ImageAdder(self.db, self.blobs, self._layers).add(items, ing, unpack)
         return [self._load(image_id) for image_id in image_ids]
 
     # ----- unpacking ---------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"  # not in Docker's spec; skopeo writes it
 LAYER_COMPRESSION = {
+    DOCKER_LAYER_TAR: "none",
     OCI_LAYER_TAR: "none",
     OCI_LAYER_GZIP: "gzip",
     OCI_LAYER_ZSTD: "zstd",
