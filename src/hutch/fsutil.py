@@ -69,3 +69,27 @@ def _empty_dir(dir_fd: int) -> None:
         finally:
             os.close(child)
         os.rmdir(name, dir_fd=dir_fd)
+
+
+class file_lock:  # noqa: N801 - used as a context manager, like open()
+    """An exclusive ``flock`` on ``path`` (created if missing) for the length of a ``with`` block.
+
+    The fd is close-on-exec: a child that execs drops its copy, a child that forks keeps holding the lock
+    with its parent until both have closed it (the detached start relies on that).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> file_lock:
+        import fcntl
+
+        os.makedirs(self.path.parent, mode=0o700, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+        self.fd = -1

@@ -350,3 +350,16 @@ def test_attach_with_a_terminal_resizes_and_detaches_with_ctrl_p_ctrl_q(hutch, b
         assert code == 5
     finally:
         hutch("rm", "-f", "t")
+
+
+def test_concurrent_starts_launch_one_init(hutch, busybox):
+    try:
+        hutch.ok("create", "--name", "once", busybox, "sleep", "60")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda _: hutch("start", "once"), range(4)))
+        assert any(r.code == 0 for r in results)
+        assert all(r.code == 0 or "is running" in r.err for r in results), [r.err for r in results]
+        assert len(_monitor_pids(hutch)) == 1
+        assert hutch.ok("top", "once").count("sleep 60") == 1
+    finally:
+        hutch("rm", "-f", "once")

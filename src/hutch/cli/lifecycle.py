@@ -103,7 +103,7 @@ def _start_one(ctx, ref: str, attach: bool, interactive: bool) -> int:
 
     engine = ctx.engine
     record = engine.lookup(ref)
-    if record.state == "running":
+    if record.state in ("running", "paused", "restarting"):
         if attach:
             raise Conflict(f"container {record.name} is already running")
         return 0

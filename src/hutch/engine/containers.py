@@ -18,7 +18,7 @@ from hutch.engine.devices import rules_from_spec
 from hutch.engine.names import random_name
 from hutch.engine.options import RunOptions
 from hutch.engine.records import LIVE_STATES, ContainerRecords, Record
-from hutch.errors import Conflict, HutchError
+from hutch.errors import Conflict, HutchError, NotFound
 from hutch.runtime.rootfs import OverlayRoot
 from hutch.runtime.spawn import ContainerProcess, spawn
 
@@ -139,7 +139,27 @@ class Engine:
     # --- start / wait -----------------------------------------------------------------------------------
 
     def start(self, record: Record, stdio: tuple[int, int, int], die_with_parent: bool) -> ContainerProcess:
-        """Create the cgroup and launch the init; the record says running once the command has exec'd."""
+        """Create the cgroup and launch the init; the record says running once the command has exec'd.
+
+        Under the container's lock, with its state read again inside it: two ``hutch start`` at once
+        must not launch two inits (the lock is released once the record says running).
+        """
+        with self.locked(record.id):
+            current = self.records.get(record.id)
+            if current is None:
+                raise NotFound(f"no such container: {record.name}")
+            if current.state in ("running", "paused", "removing"):
+                raise Conflict(f"container {record.name} is {current.state}")
+            return self._start(record, stdio, die_with_parent)
+
+    def locked(self, cid: str):
+        """An exclusive lock on one container, held across check-then-act sequences (start, rm): never a
+        global lock, so operations on other containers never wait."""
+        from hutch.fsutil import file_lock
+
+        return file_lock(self.root / "locks" / cid)
+
+    def _start(self, record: Record, stdio: tuple[int, int, int], die_with_parent: bool) -> ContainerProcess:
         cgroup = cgroup_of(record)
         cgroup.create()
         try:
@@ -260,15 +280,21 @@ class Engine:
     def remove(self, ref: str, force: bool = False) -> str:
         """``rm [-f]``: a running container is refused unless forced, then killed through its cgroup."""
         record = self.lookup(ref)
-        if record.state in LIVE_STATES:
-            if not force:
-                raise Conflict(
-                    f"cannot remove container {record.name}: container is running: stop it"
-                    " first or use --force"
-                )
-            self.records.set_state(record.id, "removing")
-            self._kill_and_wait(record)
-        self._delete(record.id)
+        with self.locked(record.id):
+            record = self.lookup(record.id)
+            if record.state in LIVE_STATES:
+                if not force:
+                    raise Conflict(
+                        f"cannot remove container {record.name}: container is running: stop it"
+                        " first or use --force"
+                    )
+                self.records.set_state(record.id, "removing")
+                self._kill_and_wait(record)
+            self._delete(record.id)
+        try:
+            os.unlink(self.root / "locks" / record.id)
+        except FileNotFoundError:
+            pass
         return record.name
 
     def _kill_and_wait(self, record: Record, timeout: float = 10.0) -> None:
