@@ -235,12 +235,8 @@ def ensure_image(args: argparse.Namespace, ctx) -> None:
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:
     """``hutch run``: the container's exit status becomes ours."""
-    from hutch.errors import InvalidArgument
-
     opts = run_options(args)
     ensure_image(args, ctx)
-    if opts.detach and opts.remove and opts.interactive:
-        raise InvalidArgument("--rm with -d -i is not supported")
     engine = ctx.engine
     record = engine.create(opts)
     if opts.detach:
