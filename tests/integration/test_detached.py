@@ -363,3 +363,12 @@ def test_concurrent_starts_launch_one_init(hutch, busybox):
         assert hutch.ok("top", "once").count("sleep 60") == 1
     finally:
         hutch("rm", "-f", "once")
+
+
+def test_wait_and_attach_report_the_code_of_a_removed_container(hutch, busybox):
+    cid = hutch.ok("run", "--rm", "-d", busybox, "sh", "-c", "sleep 0.5; exit 4").strip()
+    assert hutch.ok("wait", cid) == "4\n"
+    cid = hutch.ok("run", "--rm", "-d", "-i", busybox, "sh", "-c", "read x; echo got $x; exit 6").strip()
+    result = hutch("attach", cid, input="hi\n")
+    assert (result.code, result.out) == (6, "got hi\n")
+    assert hutch.ok("ps", "-aq") == ""

@@ -70,7 +70,14 @@ def attach(engine, ref: str, stdin: bool, sig_proxy: bool, detach_keys: bytes = 
 
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
         sock.close()
-    return wait_exited(engine, record.id, timeout=10.0).exit_code or 0
+    from hutch.errors import NotFound
+
+    try:
+        return wait_exited(engine, record.id, timeout=10.0).exit_code or 0
+    except NotFound:  # --rm: the record went with the container; its die event keeps the code
+        from hutch.engine.events import last_exit_code
+
+        return last_exit_code(engine.root, record.id) or 0
 
 
 def _connect(cdir) -> socket.socket:

@@ -153,9 +153,19 @@ def cmd_kill(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, ctx) -> int:
+    from hutch.engine.events import last_exit_code
     from hutch.engine.lifecycle import wait_exited
+    from hutch.errors import NotFound
 
-    return _each(args.containers, lambda ref: print(wait_exited(ctx.engine, ref).exit_code))
+    def wait(ref: str) -> None:
+        cid = ctx.engine.lookup(ref).id
+        try:
+            code = wait_exited(ctx.engine, cid).exit_code
+        except NotFound:  # removed on exit (--rm): the die event keeps the code
+            code = last_exit_code(ctx.root, cid)
+        print(code)
+
+    return _each(args.containers, wait)
 
 
 def cmd_logs(args: argparse.Namespace, ctx) -> int:

@@ -147,3 +147,22 @@ def _rotated(f, path: Path) -> bool:
         return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
     except FileNotFoundError:
         return False
+
+
+def last_exit_code(root: Path, cid: str) -> int | None:
+    """The exit code of the container's last ``die`` event: how ``attach``/``wait`` learn the code of a
+    ``--rm`` container whose record is already gone."""
+    for name in (LOG_NAME, LOG_NAME + ".1"):
+        try:
+            with open(Path(root) / name, "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            continue
+        needle = f'"id":"{cid}"'.encode()
+        for line in reversed(lines):
+            if needle in line and b'"Action":"die"' in line:
+                try:
+                    return int(json.loads(line)["Actor"]["Attributes"]["exitCode"])
+                except (ValueError, KeyError):
+                    return None
+    return None
