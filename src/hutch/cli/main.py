@@ -17,9 +17,10 @@ from pathlib import Path
 _GROUPS = {
     "hutch.cli.images": ("images", "import", "load", "save", "tag", "rmi", "image"),
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
-    "hutch.cli.system": ("info",),
+    "hutch.cli.system": ("info", "system"),
     "hutch.cli.execs": ("exec",),
     "hutch.cli.lifecycle": ("create", "start", "stop", "restart", "kill", "wait", "logs", "rename", "top"),
+    "hutch.cli.networks": ("network", "port"),
 }
 _GLOBAL_WITH_VALUE = ("--root", "--runroot")
 

@@ -109,3 +109,72 @@ def running_ids(engine) -> set[str]:
 def hold(engine, attachment) -> None:
     """Keep the port sockets open as long as this process (the container's reaper) lives."""
     engine.__dict__.setdefault("_held_ports", []).extend(attachment.sockets)
+
+
+def connect(engine, network: str, ref: str, ip: str | None = None, aliases: list[str] | None = None) -> None:
+    """``network connect``: a running container gets one more interface (Docker also allows created
+    ones; hutch wires interfaces at start, so it needs the container running)."""
+    from hutch.engine.options import parse_aliases, parse_ip
+
+    record = engine.lookup(ref)
+    if not is_bridged(record.config.get("options", {}).get("network", "none")):
+        raise Conflict(f"container {record.name} has no network of its own to connect")
+    if record.state != "running":
+        raise Conflict(f"container {record.name} is not running")
+    manager(engine).connect(
+        record.id,
+        record.pid,
+        record.name,
+        network,
+        record.config["spec"].get("hostname", ""),
+        str(engine.container_dir(record.id) / "hosts"),
+        address=parse_ip(ip),
+        aliases=parse_aliases(aliases or []),
+    )
+
+
+def disconnect(engine, network: str, ref: str) -> None:
+    record = engine.lookup(ref)
+    manager(engine).disconnect(record.id, network)
+
+
+def published(engine, ref: str) -> list:
+    """The container's published ports while it runs (``hutch port``)."""
+    record = engine.lookup(ref)
+    if record.state != "running" or not is_bridged(record.config.get("options", {}).get("network", "none")):
+        return []
+    return manager(engine).published(record.id)
+
+
+def settings(engine, record) -> dict:
+    """``NetworkSettings`` of ``inspect``, from the live leases and ports (empty when not running)."""
+    mode = record.config.get("options", {}).get("network", "none")
+    result: dict = {"Networks": {}, "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""}
+    if not is_bridged(mode) or record.state != "running":
+        return result
+    mgr = manager(engine)
+    for ep in mgr.endpoints(record.id):
+        net = mgr.network(ep.network)
+        result["Networks"][ep.network] = {
+            "NetworkID": net.id,
+            "IPAddress": ep.address,
+            "IPPrefixLen": net.prefixlen,
+            "Gateway": net.gateway,
+            "MacAddress": ep.mac,
+            "Aliases": ep.aliases,
+        }
+        if not result["IPAddress"]:
+            result.update(IPAddress=ep.address, Gateway=net.gateway, MacAddress=ep.mac)
+    for p in mgr.published(record.id):
+        result["Ports"].setdefault(f"{p.container_port}/{p.proto}", []).append(
+            {"HostIp": p.host_ip or "0.0.0.0", "HostPort": str(p.host_port)}
+        )
+    return result
+
+
+def prune(engine) -> list[str]:
+    """``system prune``'s network part: release what dead containers hold, rebuild the nft table, and
+    remove unused user networks."""
+    mgr = manager(engine)
+    mgr.reconcile(running_ids(engine))
+    return mgr.prune()
