@@ -4,6 +4,8 @@ UDP, from the host's 127.0.0.1 and from another namespace), teardown on every pa
 Traffic only ever goes to addresses these tests or hutch create (see network_fixtures).
 """
 
+# ruff: noqa: F811 - the fixtures imported from network_fixtures are test parameters of the same name
+
 from __future__ import annotations
 
 import os
@@ -15,7 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from network_fixtures import (  # noqa: F401 - fixtures
+
+from network_fixtures import (  # noqa: F401 - net and other_host are fixtures
     free_port,
     host_addresses,
     host_links,
@@ -31,6 +34,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("nft") is None, reason="needs nftables"),
 ]
 DATA = Path(__file__).resolve().parent.parent / "data"
+RETRY = "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- {url} && break; sleep 0.2; done"
 SERVE = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
@@ -73,7 +77,7 @@ def test_user_network_names_and_aliases(net):
     for name in ("web", "www"):
         out = net.ok(
             "run", "--rm", "--network", "apps", net.image,
-            "sh", "-c", f"for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://{name}/ && break; sleep 0.2; done",
+            "sh", "-c", RETRY.format(url=f"http://{name}/"),
         )  # fmt: skip
         assert out.startswith("hello from"), out
     # nc both ways, by name, from a container started after the server
@@ -98,9 +102,7 @@ def test_published_port_from_localhost_and_another_host(net, other_host):
         "run", "-d", "--name", "web", "--network", "bridge", "-p", f"{port}:80", net.image, "sh", "-c", SERVE
     )
     assert _http(f"http://127.0.0.1:{port}/").startswith("hello from")
-    proc = other_host.run(
-        "busybox", "wget", "-q", "-O-", f"http://{other_host.host_address}:{port}/"
-    )
+    proc = other_host.run("busybox", "wget", "-q", "-O-", f"http://{other_host.host_address}:{port}/")
     assert proc.stdout.startswith("hello from"), proc.stderr
     assert net.ok("port", "web").strip() == f"80/tcp -> 0.0.0.0:{port}"
     inspect = __import__("json").loads(net.ok("inspect", "web"))[0]
@@ -127,9 +129,7 @@ def test_random_host_port_and_host_ip(net, other_host):
     assert host == "127.0.0.1" and int(port) > 1024
     assert _http(f"http://127.0.0.1:{port}/").startswith("hello from")
     # bound to 127.0.0.1 only: not published on the host's other addresses
-    proc = other_host.run(
-        "busybox", "wget", "-q", "-O-", f"http://{other_host.host_address}:{port}/"
-    )
+    proc = other_host.run("busybox", "wget", "-q", "-O-", f"http://{other_host.host_address}:{port}/")
     assert proc.returncode != 0
 
 
@@ -175,7 +175,7 @@ def test_container_network_mode_shares_the_namespace(net):
     net.ok("run", "-d", "--name", "web", "--network", "bridge", net.image, "sh", "-c", SERVE)
     out = net.ok(
         "run", "--rm", "--network", "container:web", net.image,
-        "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://127.0.0.1/ && break; sleep 0.2; done",
+        "sh", "-c", RETRY.format(url="http://127.0.0.1/"),
     )  # fmt: skip
     assert out.startswith("hello from")
 
