@@ -7,7 +7,7 @@ import os
 from hutch.errors import InvalidArgument
 
 # The network a container gets without --network (networking, issue 6).
-DEFAULT_NETWORK = "none"
+DEFAULT_NETWORK = "bridge"
 
 
 class VolumeSpec:
