@@ -105,6 +105,7 @@ def test_published_port_from_localhost_and_another_host(net, other_host):
     proc = other_host.run("busybox", "wget", "-q", "-O-", f"http://{other_host.host_address}:{port}/")
     assert proc.stdout.startswith("hello from"), proc.stderr
     assert net.ok("port", "web").strip() == f"80/tcp -> 0.0.0.0:{port}"
+    assert f"0.0.0.0:{port}->80/tcp" in net.ok("ps")
     inspect = __import__("json").loads(net.ok("inspect", "web"))[0]
     assert inspect["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
 
@@ -156,6 +157,27 @@ def test_udp_published_port(net, tmp_path):
         else:
             pytest.fail("no UDP answer through the published port")
     assert data == b"echo:ping"
+
+
+def test_concurrent_starts_get_distinct_addresses(net):
+    """Separate hutch processes at once on a small network: each address is handed out once."""
+    net.ok("network", "create", "--subnet", "10.93.8.0/29", "small")  # 5 host addresses after the gateway
+    procs = [
+        subprocess.Popen(
+            net.hutch.argv("run", "-d", "--name", f"c{i}", "--network", "small", net.image, "sleep", "30"),
+            env=net.hutch.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(5)
+    ]
+    for proc in procs:
+        assert proc.wait(60) == 0, proc.stderr.read()
+    inspected = __import__("json").loads(net.ok("inspect", *[f"c{i}" for i in range(5)]))
+    addresses = [c["NetworkSettings"]["Networks"]["small"]["IPAddress"] for c in inspected]
+    assert sorted(addresses) == [f"10.93.8.{n}" for n in range(2, 7)]
+    result = net("run", "--rm", "--network", "small", net.image, "true")
+    assert result.code == 125 and "no free address" in result.err
 
 
 def test_static_ip_mac_dns_add_host(net):

@@ -291,12 +291,18 @@ def cmd_ps(args: argparse.Namespace, ctx) -> int:
                 f'"{command}"',
                 ago(r.created),
                 _status(r),
-                "",
+                _ports_column(ctx, r),
                 r.name,
             ]
         )
     print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows))
     return 0
+
+
+def _ports_column(ctx, record) -> str:
+    from hutch.engine.networking import ports_column
+
+    return ports_column(ctx.engine, record)
 
 
 def _summary(r) -> dict:

@@ -140,10 +140,19 @@ def disconnect(engine, network: str, ref: str) -> None:
 
 def published(engine, ref: str) -> list:
     """The container's published ports while it runs (``hutch port``)."""
-    record = engine.lookup(ref)
-    if record.state != "running" or not is_bridged(record.config.get("options", {}).get("network", "none")):
+    return published_of(engine, engine.lookup(ref))
+
+
+def published_of(engine, record) -> list:
+    if record.state != "running" or not record.config.get("network", {}).get("publish"):
         return []
     return manager(engine).published(record.id)
+
+
+def ports_column(engine, record) -> str:
+    """``ps``'s PORTS: ``0.0.0.0:8080->80/tcp, ...``."""
+    ports = published_of(engine, record)
+    return ", ".join(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.proto}" for p in ports)
 
 
 def settings(engine, record) -> dict:
