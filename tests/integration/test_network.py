@@ -180,6 +180,24 @@ def test_concurrent_starts_get_distinct_addresses(net):
     assert result.code == 125 and "no free address" in result.err
 
 
+def test_networks_are_isolated_from_each_other(net):
+    net.ok("network", "create", "front")
+    net.ok("network", "create", "back")
+    net.ok("network", "create", "--internal", "vault")
+    net.ok("run", "-d", "--name", "web", "--network", "back", net.image, "sh", "-c", SERVE)
+    info = __import__("json").loads(net.ok("inspect", "web"))[0]
+    address = info["NetworkSettings"]["Networks"]["back"]["IPAddress"]
+    fetch = RETRY.format(url=f"http://{address}/")
+    assert net.ok("run", "--rm", "--network", "back", net.image, "sh", "-c", fetch).startswith("hello from")
+    # routed through the host from another hutch network: dropped, as between Docker networks
+    get = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {address} 80"
+    out = net("run", "--rm", "--network", "front", net.image, "sh", "-c", get)
+    assert "hello" not in out.out
+    # an --internal network has no default route out
+    routes = net.ok("run", "--rm", "--network", "vault", net.image, "ip", "route")
+    assert "default" not in routes
+
+
 def test_static_ip_mac_dns_add_host(net):
     net.ok("network", "create", "--subnet", "10.93.7.0/24", "fixed")
     out = net.ok(

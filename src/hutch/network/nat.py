@@ -11,7 +11,8 @@ touches rule handles:
     postrouting (nat):       from a container subnet leaving by a non-hutch device -> masquerade;
                              from 127.0.0.0/8 into a hutch bridge (a DNAT'ed localhost connection) ->
                              masquerade, so the container can answer (needs route_localnet on the bridge)
-    forward (filter):        nothing in or out of an --internal network's bridge
+    forward (filter):        nothing in or out of an --internal network's bridge; nothing routed from
+                             one hutch network to another (Docker's isolation between networks)
 
 why DNAT for localhost rather than a userspace proxy: the kernel path keeps a published port at the speed
 of a veth (measured in bench/), needs no process per port, and the source address seen by the container is
@@ -31,6 +32,7 @@ _BODY = """table ip {table} {{
   set nets {{ type ipv4_addr; flags interval; {nets} }}
   set bridges {{ type ifname; {bridges} }}
   set internal {{ type ifname; {internal} }}
+  set same {{ type ifname . ifname; {same} }}
   map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; {ports_any} }}
   map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; {ports_ip} }}
   chain ports {{
@@ -51,6 +53,8 @@ _BODY = """table ip {table} {{
     type filter hook forward priority filter; policy accept;
     iifname @internal drop
     oifname @internal drop
+    iifname . oifname @same accept
+    iifname @bridges oifname @bridges drop
   }}
 }}
 """
@@ -89,6 +93,7 @@ def table_script(table: str, networks: list, ports: list[Port]) -> str:
         nets=_elements([n.subnet for n in networks]),
         bridges=_elements([f'"{n.bridge}"' for n in networks]),
         internal=_elements([f'"{n.bridge}"' for n in networks if n.internal]),
+        same=_elements([f'"{n.bridge}" . "{n.bridge}"' for n in networks]),
         ports_any=_elements([p.element() for p in ports if not p.host_ip]),
         ports_ip=_elements([p.element() for p in ports if p.host_ip]),
     )
