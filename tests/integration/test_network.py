@@ -198,6 +198,27 @@ def test_networks_are_isolated_from_each_other(net):
     assert "default" not in routes
 
 
+@pytest.mark.skipif(shutil.which("iptables-restore") is None, reason="needs iptables")
+def test_iptables_fallback(net):
+    """HUTCH_FIREWALL=iptables takes the path used when nft is missing: the same ports, in chains."""
+    net.hutch.env["HUTCH_FIREWALL"] = "iptables"
+    port = free_port()
+    net.ok("run", "-d", "--name", "web", "-p", f"{port}:80", net.image, "sh", "-c", SERVE)
+    assert _http(f"http://127.0.0.1:{port}/").startswith("hello from")
+    chain = net.table.upper() + "-PORTS"
+    rules = subprocess.run(["iptables", "-t", "nat", "-S", chain], capture_output=True, text=True).stdout
+    assert f"--dport {port} -j DNAT" in rules
+    assert subprocess.run(["nft", "list", "table", "ip", net.table], capture_output=True).returncode != 0
+    net.ok("kill", "web")
+    net.ok("wait", "web")
+    net.ok("rm", "web")
+    rules = subprocess.run(["iptables", "-t", "nat", "-S", chain], capture_output=True, text=True).stdout
+    assert f"--dport {port}" not in rules
+    net.manager().teardown()
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert net.table.upper() not in saved
+
+
 def test_static_ip_mac_dns_add_host(net):
     net.ok("network", "create", "--subnet", "10.93.7.0/24", "fixed")
     out = net.ok(

@@ -288,7 +288,7 @@ class NetworkManager:
             try:
                 nat.add_ports(self.table, ports)
             except HutchError:
-                self.sync_nat()  # the table was flushed by someone: rebuild it (the claim is in it now)
+                self.sync_nat()  # iptables, or the table was flushed by someone: rebuild (the claim is in)
         except BaseException:
             for _, sock in held:
                 sock.close()

@@ -19,7 +19,8 @@ of a veth (measured in bench/), needs no process per port, and the source addres
 the real peer for connections from other hosts.
 
 The nft CLI is used (``nft -f -``): Debian's python3-nftables binds to the system interpreter, not our
-virtualenv. iptables is not used as a fallback yet: without nft, publishing ports is refused.
+virtualenv. Without nft (or with ``HUTCH_FIREWALL=iptables``) the same rules go into iptables chains of
+hutch's own (``iptables.py``), rebuilt from the database on every change.
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ _BODY = """table ip {table} {{
   }}
 }}
 """
+
+
+class NeedsSync(HutchError):
+    """The backend (iptables) has no per-element updates: the caller rebuilds from the database."""
+
+
+def backend() -> str:
+    """``nft``, or ``iptables`` when nft is missing or ``HUTCH_FIREWALL=iptables`` asks for it."""
+    if os.environ.get("HUTCH_FIREWALL") != "iptables" and _nft_path() is not None:
+        return "nft"
+    from hutch.network import iptables
+
+    if iptables.available():
+        return "iptables"
+    raise HutchError("neither nft (nftables) nor iptables is installed: bridge networking needs one")
 
 
 class Port:
@@ -104,16 +120,25 @@ def sync(table: str, networks: list, ports: list[Port]) -> None:
     if not networks:
         delete(table)
         return
+    if backend() == "iptables":
+        from hutch.network import iptables
+
+        iptables.sync(table, networks, ports)
+        return
     run(table_script(table, networks, ports))
 
 
 def add_ports(table: str, ports: list[Port]) -> None:
+    if ports and backend() == "iptables":
+        raise NeedsSync("iptables: rebuild the chains")
     if ports:
         run("".join(f"add element ip {table} {p.map_name()} {{ {p.element()} }}\n" for p in ports))
 
 
 def remove_ports(table: str, ports: list[Port]) -> None:
     """Delete the elements; adding each first makes the delete succeed even if it was already gone."""
+    if ports and backend() == "iptables":
+        raise NeedsSync("iptables: rebuild the chains")
     script = ""
     for p in ports:
         script += f"add element ip {table} {p.map_name()} {{ {p.element()} }}\n"
@@ -123,7 +148,12 @@ def remove_ports(table: str, ports: list[Port]) -> None:
 
 
 def delete(table: str) -> None:
-    run(f"add table ip {table}\ndelete table ip {table}\n")
+    """Remove everything of this root's, from whichever backend holds it."""
+    if _nft_path() is not None:
+        run(f"add table ip {table}\ndelete table ip {table}\n")
+    from hutch.network import iptables
+
+    iptables.delete(table)
 
 
 def exists(table: str) -> bool:
@@ -142,8 +172,15 @@ def run(script: str) -> None:
         raise HutchError(f"nftables refused hutch's rules: {proc.stderr.decode(errors='replace').strip()}")
 
 
-def _nft() -> str:
+def _nft_path() -> str | None:
     for path in ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"):
         if os.path.exists(path):
             return path
-    raise HutchError("nft (nftables) is not installed: bridge networking needs it")
+    return None
+
+
+def _nft() -> str:
+    path = _nft_path()
+    if path is None:
+        raise HutchError("nft (nftables) is not installed: bridge networking needs it")
+    return path
