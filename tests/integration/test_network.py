@@ -8,6 +8,7 @@ Traffic only ever goes to addresses these tests or hutch create (see network_fix
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -106,8 +107,20 @@ def test_published_port_from_localhost_and_another_host(net, other_host):
     assert proc.stdout.startswith("hello from"), proc.stderr
     assert net.ok("port", "web").strip() == f"80/tcp -> 0.0.0.0:{port}"
     assert f"0.0.0.0:{port}->80/tcp" in net.ok("ps")
-    inspect = __import__("json").loads(net.ok("inspect", "web"))[0]
+    inspect = json.loads(net.ok("inspect", "web"))[0]
     assert inspect["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+
+
+def test_hairpin_through_the_host(net):
+    """A container reaches a published port through the host's address on the bridge, also its own."""
+    port = free_port()
+    net.ok("run", "-d", "--name", "web", "-p", f"{port}:80", net.image, "sh", "-c", SERVE)
+    bridge = json.loads(net.ok("network", "inspect", "bridge"))[0]
+    gateway = bridge["IPAM"]["Config"][0]["Gateway"]
+    request = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
+    get = f"for i in 1 2 3 4 5; do {request} | nc -w 2 {gateway} {port} && break; done"
+    assert "hello from" in net.ok("run", "--rm", net.image, "sh", "-c", get)
+    assert "hello from" in net.ok("exec", "web", "sh", "-c", get)
 
 
 def test_random_host_port_and_host_ip(net, other_host):
@@ -173,7 +186,7 @@ def test_concurrent_starts_get_distinct_addresses(net):
     ]
     for proc in procs:
         assert proc.wait(60) == 0, proc.stderr.read()
-    inspected = __import__("json").loads(net.ok("inspect", *[f"c{i}" for i in range(5)]))
+    inspected = json.loads(net.ok("inspect", *[f"c{i}" for i in range(5)]))
     addresses = [c["NetworkSettings"]["Networks"]["small"]["IPAddress"] for c in inspected]
     assert sorted(addresses) == [f"10.93.8.{n}" for n in range(2, 7)]
     result = net("run", "--rm", "--network", "small", net.image, "true")
@@ -185,7 +198,7 @@ def test_networks_are_isolated_from_each_other(net):
     net.ok("network", "create", "back")
     net.ok("network", "create", "--internal", "vault")
     net.ok("run", "-d", "--name", "web", "--network", "back", net.image, "sh", "-c", SERVE)
-    info = __import__("json").loads(net.ok("inspect", "web"))[0]
+    info = json.loads(net.ok("inspect", "web"))[0]
     address = info["NetworkSettings"]["Networks"]["back"]["IPAddress"]
     fetch = RETRY.format(url=f"http://{address}/")
     assert net.ok("run", "--rm", "--network", "back", net.image, "sh", "-c", fetch).startswith("hello from")
@@ -261,7 +274,7 @@ def test_crash_of_hutch_is_reconciled(net):
     )
     table = net.table
     assert nft_elements(table) > 0
-    info = __import__("json").loads(net.ok("inspect", "doomed"))[0]
+    info = json.loads(net.ok("inspect", "doomed"))[0]
     pid = info["State"]["Pid"]
     monitor = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])  # noqa: SIM115
     os.kill(monitor, 9)

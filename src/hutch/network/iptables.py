@@ -60,6 +60,7 @@ def script(table: str, networks: list, ports: list) -> str:
     filt = [f":{fwd} - [0:0]"]
     for n in networks:
         nat.append(f"-A {post} -s 127.0.0.0/8 -o {n.bridge} -j MASQUERADE")
+        nat.append(f"-A {post} -s {n.subnet} -o {n.bridge} -m conntrack --ctstate DNAT -j MASQUERADE")
         if not n.internal:
             nat.append(f"-A {post} -s {n.subnet} ! -o {n.bridge} -j MASQUERADE")
         if n.internal:

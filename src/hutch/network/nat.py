@@ -10,7 +10,9 @@ touches rule handles:
                              ports_any (proto . port) to (container address . port)
     postrouting (nat):       from a container subnet leaving by a non-hutch device -> masquerade;
                              from 127.0.0.0/8 into a hutch bridge (a DNAT'ed localhost connection) ->
-                             masquerade, so the container can answer (needs route_localnet on the bridge)
+                             masquerade, so the container can answer (needs route_localnet on the bridge);
+                             a container reaching a published port through the host (hairpin, even its
+                             own) -> masquerade, so the answer comes back through the host's conntrack
     forward (filter):        nothing in or out of an --internal network's bridge; nothing routed from
                              one hutch network to another (Docker's isolation between networks)
 
@@ -48,6 +50,7 @@ _BODY = """table ip {table} {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr 127.0.0.0/8 oifname @bridges masquerade
+    ct status dnat ip saddr @nets oifname @bridges masquerade
     ip saddr @nets oifname != @bridges oifname != @internal masquerade
   }}
   chain forward {{
