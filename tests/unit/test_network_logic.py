@@ -121,3 +121,42 @@ def test_nft_script_shape():
     assert "elements = { tcp . 8080 : 10.80.0.2 . 80 }" in script
     assert "elements = { 127.0.0.1 . udp . 53 : 10.80.0.2 . 5353 }" in script
     assert 'set internal { type ifname; elements = { "hbr-abc" }; }' in script
+
+
+def test_hosts_files_follow_the_network(ipam, tmp_path):
+    from hutch.network import dns
+
+    net = ipam.add_network("apps", "c" * 64, "10.80.2.0/24", "10.80.2.1", "hbr-z", False, {})
+    paths = {}
+    for cid, name in (("a" * 64, "web"), ("b" * 64, "db")):
+        path = tmp_path / f"hosts-{name}"
+        path.write_text("127.0.0.1\tlocalhost\n10.9.9.9\textra\n")
+        paths[name] = path
+        aliases = ["store"] if name == "db" else []
+        ep = ipam.lease(net, cid, name, f"v{name}", aliases=aliases, hosts_path=str(path))
+        dns.add_self(str(path), ep.address, [cid[:12]])
+        dns.refresh(ipam, {cid} | dns.neighbours(ipam, cid))
+    web = paths["web"].read_text()
+    assert web.startswith("127.0.0.1\tlocalhost\n10.9.9.9\textra\n10.80.2.2\taaaaaaaaaaaa\n" + dns.MARKER)
+    assert web.endswith(f"10.80.2.3\tdb store {'b' * 12}\n")
+    assert paths["db"].read_text().endswith(f"10.80.2.2\tweb {'a' * 12}\n")
+    inode = paths["web"].stat().st_ino
+    peers = dns.neighbours(ipam, "b" * 64)
+    ipam.release("b" * 64)
+    dns.refresh(ipam, peers)
+    assert paths["web"].read_text().endswith(dns.MARKER)  # db is gone from web's file
+    assert paths["web"].stat().st_ino == inode  # rewritten in place: a bind mount pins the inode
+
+
+def test_iptables_rules_shape():
+    from hutch.network import iptables
+
+    class Net:
+        subnet, bridge, internal = "10.80.0.0/24", "hbr-abc", False
+
+    script = iptables.script("hutch-x", [Net()], [nat.Port("udp", "127.0.0.1", 53, "10.80.0.2", 5353)])
+    assert ":HUTCH-X-PORTS - [0:0]" in script
+    assert "-A HUTCH-X-PORTS -d 127.0.0.1 -p udp --dport 53 -j DNAT --to-destination 10.80.0.2:5353" in script
+    assert "-A HUTCH-X-POST -s 10.80.0.0/24 ! -o hbr-abc -j MASQUERADE" in script
+    assert "-A HUTCH-X-FWD -i hbr-abc -o hbr-+ -j DROP" in script
+    assert script.count("COMMIT") == 2
