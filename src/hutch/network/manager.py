@@ -139,6 +139,10 @@ class NetworkManager:
                 self._unmaterialise(net)
                 with self.db.transaction() as conn:
                     conn.execute("DELETE FROM networks WHERE name=?", (name,))
+                try:
+                    self.sync_nat()  # the rules as they were before this network
+                except HutchError:
+                    pass  # the original error says more
                 raise
         return net
 
