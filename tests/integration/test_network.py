@@ -123,6 +123,44 @@ def test_hairpin_through_the_host(net):
     assert "hello from" in net.ok("exec", "web", "sh", "-c", get)
 
 
+def _image_exposing(net, tmp_path, name: str, ports: list[str]) -> None:
+    """busybox re-tagged as ``name`` with EXPOSE ``ports``: saved, its config edited, loaded back."""
+    import hashlib
+    import io
+    import tarfile
+
+    saved = tmp_path / "saved.tar"
+    net.ok("save", "-o", str(saved), net.image)
+    out = io.BytesIO()
+    with tarfile.open(saved) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        manifest = json.loads(src.extractfile("manifest.json").read())
+        config = json.loads(src.extractfile(manifest[0]["Config"]).read())
+        config["config"]["ExposedPorts"] = {port: {} for port in ports}
+        data = json.dumps(config).encode()
+        new_name = hashlib.sha256(data).hexdigest() + ".json"
+        for member in src.getmembers():
+            if member.name in ("manifest.json", manifest[0]["Config"], "repositories"):
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        manifest[0].update(Config=new_name, RepoTags=[f"{name}:latest"])
+        for entry_name, payload in ((new_name, data), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(entry_name)
+            info.size = len(payload)
+            dst.addfile(info, io.BytesIO(payload))
+    edited = tmp_path / "edited.tar"
+    edited.write_bytes(out.getvalue())
+    net.ok("load", "-i", str(edited))
+
+
+def test_publish_all_uses_the_images_expose(net, tmp_path):
+    _image_exposing(net, tmp_path, "exposing", ["80/tcp", "5353/udp"])
+    net.ok("run", "-d", "--name", "web", "-P", "exposing", "sh", "-c", SERVE)
+    lines = dict(line.split(" -> ") for line in net.ok("port", "web").splitlines())
+    assert set(lines) == {"80/tcp", "5353/udp"}
+    port = int(lines["80/tcp"].rpartition(":")[2])
+    assert _http(f"http://127.0.0.1:{port}/").startswith("hello from")
+
+
 def test_random_host_port_and_host_ip(net, other_host):
     net.ok(
         "run",
