@@ -74,7 +74,10 @@ def cmd_create(args: argparse.Namespace, ctx) -> int:
 def cmd_ls(args: argparse.Namespace, ctx) -> int:
     from hutch.cli.format import table
 
-    rows = [[n.id[:12], n.name, "bridge", "local"] for n in _manager(ctx).networks()]
+    networks = _manager(ctx).networks()
+    rows = [[n.id[:12], n.name, "bridge", "local"] for n in networks]
+    if not any(n.name == "bridge" for n in networks):
+        rows.insert(0, ["-", "bridge", "bridge", "local"])  # made on first use, listed as Docker does
     rows += [["host", "host", "host", "local"], ["none", "none", "null", "local"]]
     if args.quiet:
         print("\n".join(r[0] for r in rows))
