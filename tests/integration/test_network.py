@@ -93,6 +93,10 @@ def test_user_network_names_and_aliases(net):
         "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc web 80",
     )
     assert "hello from" in out
+    # a renamed container is found by its new name
+    net.ok("rename", "web", "site")
+    out = net.ok("run", "--rm", "--network", "apps", net.image, "sh", "-c", RETRY.format(url="http://site/"))
+    assert out.startswith("hello from"), out
     # the default bridge has no names, as in Docker
     assert net("run", "--rm", "--network", "bridge", net.image, "ping", "-c1", "-W1", "web").code != 0
 

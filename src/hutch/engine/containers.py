@@ -246,7 +246,9 @@ class Engine:
     def rename(self, ref: str, new_name: str) -> None:
         """``rename``: names are unique, checked by the database inside the update."""
         _check_name(new_name)
-        self.records.rename(self.lookup(ref).id, new_name)
+        record = self.lookup(ref)
+        self.records.rename(record.id, new_name)
+        networking.renamed(self, record, new_name)
 
     def prune(self) -> list[str]:
         """``container prune``: every container that is not running, removed like ``rm``."""

@@ -133,6 +133,12 @@ def connect(engine, network: str, ref: str, ip: str | None = None, aliases: list
     )
 
 
+def renamed(engine, record, name: str) -> None:
+    """Peers on the container's networks resolve it by its new name from now on."""
+    if record.state == "running" and is_bridged(record.config.get("options", {}).get("network", "none")):
+        manager(engine).rename(record.id, name)
+
+
 def disconnect(engine, network: str, ref: str) -> None:
     record = engine.lookup(ref)
     manager(engine).disconnect(record.id, network)

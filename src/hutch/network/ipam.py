@@ -255,6 +255,10 @@ class Ipam:
     def all_endpoints(self) -> list[Endpoint]:
         return [Endpoint(r) for r in self.db.conn.execute("SELECT * FROM endpoints")]
 
+    def rename(self, container: str, name: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE endpoints SET name=? WHERE container=?", (name, container))
+
     def release(self, container: str, network: str | None = None) -> list[Endpoint]:
         """Drop the container's leases (on one network or all); returns what was released."""
         with self.db.transaction() as conn:

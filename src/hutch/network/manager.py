@@ -353,6 +353,12 @@ class NetworkManager:
                 Sandbox.remove_link(ep.link)
             dns.refresh(self.ipam, peers | {cid})
 
+    def rename(self, cid: str, name: str) -> None:
+        """A renamed container is found by its new name on its networks."""
+        with self._lock():
+            self.ipam.rename(cid, name)
+            dns.refresh(self.ipam, dns.neighbours(self.ipam, cid))
+
     def endpoints(self, cid: str) -> list[Endpoint]:
         return self.ipam.endpoints_of(cid)
 
