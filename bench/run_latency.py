@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import busybox_rootfs  # noqa: E402
 
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
-ALL_PEERS = ("hutch", "hutch-runc", "podman", "crun", "runc")
+ALL_PEERS = ("hutch", "hutch-runc", "podman", "crun", "runc", "hutch-bridge", "podman-bridge")
 MNT_DETACH = 2
 
 
@@ -97,6 +97,7 @@ class Bench:
         self._state_roots: dict[str, tuple[str, Path]] = {}  # peer -> (binary, --root state dir)
         self._ns_helper: subprocess.Popen | None = None
         self._tag = f"hb{os.getpid()}"
+        self._hutch_roots: list[Path] = []
 
     # ----- set-up -------------------------------------------------------------------------------
 
@@ -122,8 +123,7 @@ class Bench:
         hutch = Path(self.args.hutch)
         if not os.access(hutch, os.X_OK):
             raise _Skip(f"{hutch} not found (run `make deps`)")
-        root = self.work / "hutch"
-        _check([str(hutch), "--root", str(root), "import", str(self.tar), "busybox"], "hutch import")
+        root = self._hutch_root()
         self._add(
             "hutch",
             lambda i: [
@@ -138,6 +138,40 @@ class Bench:
                 "true",
             ],
         )
+
+    def _hutch_root(self) -> Path:
+        """One hutch root (with busybox imported) for the hutch rows."""
+        root = self.work / "hutch"
+        if root not in self._hutch_roots:
+            hutch = self.args.hutch
+            _check([hutch, "--root", str(root), "import", str(self.tar), "busybox"], "hutch import")
+            self._hutch_roots.append(root)
+        return root
+
+    # --- B2: the default bridge network (networking, issue 6) ---
+
+    def _setup_hutch_bridge(self) -> None:
+        if not os.access(self.args.hutch, os.X_OK):
+            raise _Skip(f"{self.args.hutch} not found (run `make deps`)")
+        root = self._hutch_root()
+        argv = [self.args.hutch, "--root", str(root), "run", "--rm", "--network", "bridge", "busybox", "true"]
+        self._add("hutch-bridge", lambda i: argv, "--network bridge (a veth on the root's bridge)")
+
+    def _setup_podman_bridge(self) -> None:
+        if self._podman is None:
+            self._setup_podman_store()
+        run = ["run", "--rm", "--network", "bridge", *ULIMITS, "busybox", "true"]
+        try:
+            self._add("podman-bridge", lambda i: [*self._podman, *run], "--network bridge (netavark)")
+        except _Skip as first:
+            try:
+                self._add(
+                    "podman-bridge",
+                    lambda i: [*self._podman, "--runtime", "runc", *run],
+                    "--network bridge (netavark), --runtime runc",
+                )
+            except _Skip:
+                raise first
 
     def _setup_hutch_runc(self) -> None:
         exe = Path(self.args.hutch).with_name("hutch-runc")
@@ -161,6 +195,19 @@ class Bench:
         )
 
     def _setup_podman(self) -> None:
+        if self._podman is None:
+            self._setup_podman_store()
+        run = ["run", "--rm", "--network", "none", *ULIMITS, "busybox", "true"]
+        try:
+            self._add("podman", lambda i: [*self._podman, *run])
+        except _Skip as first:
+            # crun 1.8 (podman's default runtime on Debian 12) refuses hosts with hybrid cgroups.
+            try:
+                self._add("podman", lambda i: [*self._podman, "--runtime", "runc", *run], "--runtime runc")
+            except _Skip:
+                raise first
+
+    def _setup_podman_store(self) -> None:
         podman = shutil.which("podman")
         if not podman:
             raise _Skip("not installed")
@@ -175,15 +222,6 @@ class Bench:
             str(base / "tmp"),
         ]
         _check([*self._podman, "import", "-q", str(self.tar), "busybox"], "podman import")
-        run = ["run", "--rm", "--network", "none", *ULIMITS, "busybox", "true"]
-        try:
-            self._add("podman", lambda i: [*self._podman, *run])
-        except _Skip as first:
-            # crun 1.8 (podman's default runtime on Debian 12) refuses hosts with hybrid cgroups.
-            try:
-                self._add("podman", lambda i: [*self._podman, "--runtime", "runc", *run], "--runtime runc")
-            except _Skip:
-                raise first
 
     def _setup_crun(self) -> None:
         crun = shutil.which("crun")
@@ -298,6 +336,8 @@ class Bench:
         for exe in filter(None, (shutil.which("runc"), shutil.which("crun"))):
             _delete_containers_under(exe, self.work)
         _kill_processes_mentioning(self.work)
+        for root in self._hutch_roots:
+            _teardown_hutch_networks(Path(self.args.hutch), root)
         if self._ns_helper is not None:
             self._ns_helper.kill()
             self._ns_helper.wait()
@@ -331,6 +371,18 @@ def _quiet(cmd: list[str], capture: bool = False) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return proc.stdout if capture else ""
+
+
+def _teardown_hutch_networks(hutch: Path, root: Path) -> None:
+    """Remove the bridges and nft table a bench root made (hutch keeps them for the next run otherwise)."""
+    if not (root / "hutch.db").exists():
+        return
+    code = (
+        "import sys; from pathlib import Path; from hutch.db import Database;"
+        " from hutch.network.manager import NetworkManager as M;"
+        " r = Path(sys.argv[1]); M(r, Database(r / 'hutch.db')).teardown()"
+    )
+    _quiet([str(hutch.with_name("python")), "-c", code, str(root)])
 
 
 def _delete_containers_under(exe: str, top: Path) -> None:
@@ -470,6 +522,14 @@ def budgets(stats: dict[str, dict]) -> list[str]:
     elif "hutch" in med:
         verdict = "PASS" if med["hutch"] < 100.0 else "FAIL"
         lines.append(f"B1 hutch run {med['hutch']:.1f} ms (no podman to compare; under 100 ms): {verdict}")
+    if "hutch-bridge" in med and "podman-bridge" in med:
+        ratio = med["podman-bridge"] / med["hutch-bridge"]
+        verdict = "PASS" if ratio >= 5.0 and med["hutch-bridge"] < 150.0 else "FAIL"
+        lines.append(
+            f"B2 hutch run --network bridge {med['hutch-bridge']:.1f} ms;"
+            f" podman bridge / hutch = {ratio:.2f} "
+            f"(budget: at least 5, and hutch under 150 ms): {verdict}"
+        )
     if "hutch-runc" in med and "runc" in med:
         verdict = "PASS" if med["hutch-runc"] < med["runc"] else "FAIL"
         lines.append(

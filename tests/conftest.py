@@ -54,6 +54,25 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _teardown_networks(root: Path) -> None:
+    """The bridges and nft table a test root made: hutch keeps them for the root's next run, a test's root
+    has none (networking, issue 6)."""
+    if not (root / "hutch.db").exists():
+        return
+    import sqlite3
+
+    from hutch.db import Database
+    from hutch.network.manager import NetworkManager
+
+    db = Database(root / "hutch.db")
+    try:
+        NetworkManager(root, db).teardown()
+    except sqlite3.DatabaseError:
+        pass  # a test that broke its database on purpose made no network either
+    finally:
+        db.close()
+
+
 @dataclass
 class Result:
     """A finished hutch command."""
@@ -117,6 +136,7 @@ def hutch_root(tmp_path) -> Path:
     for point in sorted(_mounts_under(str(tmp_path)), reverse=True):
         leaks.append(f"mount {point}")
         subprocess.run(["umount", "-l", point], check=False)
+    _teardown_networks(root)
     new_cgroups = set(_hutch_cgroups()) - cgroups_before
     if new_cgroups:
         leaks.extend(f"cgroup {name}" for name in sorted(new_cgroups))

@@ -204,6 +204,19 @@ def find_hutch(explicit: str | None) -> str | None:
     return None
 
 
+def teardown_networks(hutch: str, root: Path) -> None:
+    """The bridge and nft table the demo's root made (the default bridge network is kept per root)."""
+    if not (root / "hutch.db").exists():
+        return
+    code = (
+        "import sys; from pathlib import Path; from hutch.db import Database;"
+        " from hutch.network.manager import NetworkManager as M;"
+        " r = Path(sys.argv[1]); M(r, Database(r / 'hutch.db')).teardown()"
+    )
+    python = Path(hutch).with_name("python")
+    subprocess.run([str(python), "-c", code, str(root)], capture_output=True, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Show hutch running containers from a busybox image.")
     parser.add_argument("--root", type=Path, help="hutch root to use and keep (default: a temporary one)")
@@ -256,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         shutil.rmtree(scratch, ignore_errors=True)
         if temporary and not args.keep:
+            teardown_networks(hutch, root)
             unmount_under(root)
             shutil.rmtree(root, ignore_errors=True)
         else:

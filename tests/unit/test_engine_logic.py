@@ -79,8 +79,11 @@ def test_tmpfs_and_env_parsing(tmp_path, monkeypatch):
 
 def test_network_modes():
     assert check_network("host") == "host"
-    with pytest.raises(InvalidArgument, match="not found"):
-        check_network("mynet")
+    assert check_network("default") == "bridge"
+    assert check_network("mynet") == "mynet"  # existence is checked by the engine at create time
+    assert check_network("container:web") == "container:web"
+    with pytest.raises(InvalidArgument, match="invalid --network"):
+        check_network("bad name")
 
 
 def test_human_formats():

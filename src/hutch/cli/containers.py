@@ -65,7 +65,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs")
     p.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     p.add_argument("--entrypoint", help="override the image's entrypoint ('' clears it)")
-    p.add_argument("--network", "--net", default="none", help="none (default for now) or host")
+    add_network_arguments(p)
     p.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
     p.add_argument(
         "--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)"
@@ -104,6 +104,67 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_run)
 
 
+# --- networking (issue 6) ---
+
+
+def add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """The network flags of ``run``/``create``."""
+    from hutch.engine.options import DEFAULT_NETWORK
+
+    p.add_argument(
+        "--network",
+        "--net",
+        default=DEFAULT_NETWORK,
+        help=f"none, host, bridge, container:NAME or a network's name (default {DEFAULT_NETWORK})",
+    )
+    p.add_argument(
+        "--network-alias", action="append", default=[], metavar="NAME", help="another name on the network"
+    )
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+        help="publish a container port on the host",
+    )
+    p.add_argument(
+        "-P", "--publish-all", action="store_true", help="publish every EXPOSEd port to a free port"
+    )
+    p.add_argument("--ip", help="the container's IPv4 address on its network")
+    p.add_argument("--mac-address", help="the container's MAC address")
+    p.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver for resolv.conf")
+    p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP", help="an /etc/hosts line")
+
+
+def network_options(args: argparse.Namespace) -> dict:
+    """The network flags as ``RunOptions`` fields, validated."""
+    from hutch.engine.options import (
+        check_network,
+        parse_add_host,
+        parse_aliases,
+        parse_dns,
+        parse_ip,
+        parse_mac,
+    )
+
+    publish = []
+    if args.publish:
+        from hutch.network.ports import parse_publish
+
+        publish = [parse_publish(item) for item in args.publish]
+    return {
+        "network": check_network(args.network),
+        "publish": publish,
+        "publish_all": args.publish_all,
+        "ip": parse_ip(args.ip),
+        "mac_address": parse_mac(args.mac_address),
+        "dns": parse_dns(args.dns),
+        "add_hosts": [parse_add_host(h) for h in args.add_host],
+        "network_aliases": parse_aliases(args.network_alias),
+    }
+
+
 def _add_ps(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="show stopped containers too")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
@@ -135,7 +196,6 @@ def run_options(args: argparse.Namespace):
     from hutch.engine.devices import parse_devices
     from hutch.engine.options import (
         RunOptions,
-        check_network,
         parse_env,
         parse_env_file,
         parse_security_opts,
@@ -163,7 +223,6 @@ def run_options(args: argparse.Namespace):
         volumes=[parse_volume(v) for v in args.volume],
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
         read_only=args.read_only,
-        network=check_network(args.network),
         interactive=args.interactive,
         tty=args.tty,
         remove=args.remove,
@@ -175,6 +234,7 @@ def run_options(args: argparse.Namespace):
         devices=parse_devices(args.device),
         **parse_security_opts(args.security_opt),
         **_lifecycle_options(args),
+        **network_options(args),
     )
 
 
@@ -320,12 +380,14 @@ def cmd_ps(args: argparse.Namespace, ctx) -> int:
         return 0
     if args.format == "json":
         for r in records:
-            print(json.dumps(_summary(r, args.no_trunc)))
+            print(json.dumps(_summary(r, args.no_trunc, _ports_column(ctx, r))))
         return 0
     if args.format:
         from hutch.cli.gotemplate import render_rows
 
-        sys.stdout.write(render_rows(args.format, [_summary(r, args.no_trunc) for r in records]))
+        sys.stdout.write(
+            render_rows(args.format, [_summary(r, args.no_trunc, _ports_column(ctx, r)) for r in records])
+        )
         return 0
     rows = []
     for r in records:
@@ -339,7 +401,7 @@ def cmd_ps(args: argparse.Namespace, ctx) -> int:
                 f'"{command}"',
                 ago(r.created),
                 _status(r),
-                "",
+                _ports_column(ctx, r),
                 r.name,
             ]
         )
@@ -347,7 +409,13 @@ def cmd_ps(args: argparse.Namespace, ctx) -> int:
     return 0
 
 
-def _summary(r, full_id: bool = False) -> dict:
+def _ports_column(ctx, record) -> str:
+    from hutch.engine.networking import ports_column
+
+    return ports_column(ctx.engine, record)
+
+
+def _summary(r, full_id: bool = False, ports: str = "") -> dict:
     """The fields ``ps --format`` offers, named as Docker's."""
     import time
 
@@ -364,7 +432,7 @@ def _summary(r, full_id: bool = False) -> dict:
         "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(r.created)),
         "RunningFor": ago(r.created),
         "Labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
-        "Ports": "",
+        "Ports": ports,
         "Mounts": "",
         "Networks": r.config.get("options", {}).get("network", ""),
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 _GROUPS = {
     "hutch.cli.images": ("images", "import", "load", "save", "tag", "rmi", "image"),
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
-    "hutch.cli.system": ("info",),
+    "hutch.cli.system": ("info", "system"),
     "hutch.cli.registry": ("pull", "push", "login", "logout"),
     "hutch.cli.execs": ("exec",),
     "hutch.cli.events": ("events",),
@@ -36,6 +36,7 @@ _GROUPS = {
         "unpause",
         "attach",
     ),
+    "hutch.cli.networks": ("network", "port"),
 }
 _GLOBAL_WITH_VALUE = ("--root", "--runroot")
 

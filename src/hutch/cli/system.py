@@ -1,4 +1,4 @@
-"""System commands: ``hutch info``."""
+"""System commands: ``hutch info`` and ``hutch system info|prune``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,38 @@ import json
 
 
 def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
-    """Add ``info``."""
-    p = sub.add_parser("info", help="show what this host supports and what hutch holds")
+    """Add ``info`` and the ``system`` group."""
+    if only in (None, "info"):
+        _add_info(sub.add_parser("info", help="show what this host supports and what hutch holds"))
+    if only in (None, "system"):
+        group = sub.add_parser("system", help="manage hutch").add_subparsers(
+            dest="system_command", metavar="COMMAND"
+        )
+        _add_info(group.add_parser("info", help="show what this host supports and what hutch holds"))
+        p = group.add_parser("prune", help="remove stopped containers and unused networks, repair state")
+        p.add_argument("-f", "--force", action="store_true", help="do not ask (hutch never asks)")
+        p.set_defaults(handler=cmd_prune)
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="'json' for machine-readable output")
     p.set_defaults(handler=cmd_info)
+
+
+def cmd_prune(args: argparse.Namespace, ctx) -> int:
+    """Stopped containers go (as ``container prune``); then what crashed containers still hold on the
+    network (leases, published ports, nft elements) is released and unused user networks removed."""
+    from hutch.engine.networking import prune
+
+    containers = ctx.engine.prune()
+    networks = prune(ctx.engine)
+    if containers:
+        print("Deleted Containers:")
+        print("\n".join(containers))
+    if networks:
+        print("Deleted Networks:")
+        print("\n".join(networks))
+    return 0
 
 
 def _summary(ctx) -> dict:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from hutch.db import Database
-from hutch.engine import etcfiles, events, specgen
+from hutch.engine import etcfiles, events, networking, specgen
 from hutch.engine.crashpoints import crash_point
 from hutch.engine.devices import rules_from_spec
 from hutch.engine.names import random_name
@@ -70,6 +70,7 @@ class Engine:
         layers = self._images.rootfs_layers(image)
         cid = os.urandom(32).hex()
         host_net = opts.network == "host"
+        network = networking.check_create(self, opts, image.run_config)
         hostname = opts.hostname or (etcfiles.host_hostname() if host_net else cid[:12])
         cdir = self.container_dir(cid)
         try:
@@ -79,7 +80,8 @@ class Engine:
             for sub, mode in (("upper", 0o755), ("work", 0o700), ("merged", 0o755)):
                 os.mkdir(cdir / sub, mode)
                 os.chmod(cdir / sub, mode)
-            etc = etcfiles.write_etc_files(cdir, hostname, host_net)
+            etc = etcfiles.write_etc_files(cdir, hostname, host_net, opts.add_hosts, opts.dns)
+            etc.update(networking.shared_etc(self, opts, cdir, network) or {})
             self._prepare_volumes(opts)
             spec = specgen.build_spec(opts, image.run_config, hostname, etc)
             record = Record(
@@ -94,6 +96,7 @@ class Engine:
                     "options": _options_dict(opts),
                     "cgroup": _cgroup_paths(cid),
                     "stop_signal": image.run_config.get("StopSignal"),
+                    "network": network,
                 },
             )
             self._insert_with_name(record, opts.name)
@@ -161,13 +164,18 @@ class Engine:
 
     def _start(self, record: Record, stdio: tuple[int, int, int], die_with_parent: bool) -> ContainerProcess:
         cgroup = cgroup_of(record)
-        cgroup.create()
+        spec, attachment = self._attach_network(record)
+        try:
+            cgroup.create()
+        except BaseException:
+            self._release_network(record, attachment, failed=True)
+            raise
         try:
             # Before the init joins: it must never run without the device rules.
             cgroup.set_devices(rules_from_spec(record.config["spec"]["linux"]["resources"]["devices"]))
             program = self._seccomp_program(record.config["spec"])
             proc = spawn(
-                record.config["spec"],
+                spec,
                 str(self.container_dir(record.id) / "merged"),
                 overlay=self.overlay(record),
                 cgroup=cgroup,
@@ -177,7 +185,9 @@ class Engine:
             )
         except BaseException:
             cgroup.destroy()
+            self._release_network(record, attachment, failed=True)
             raise
+        self._release_network(record, attachment, failed=False)
         # This process reaps the init (a foreground hutch run or a monitor); recorded so that others wait for
         # it to write the exit code instead of declaring the container dead themselves.
         crash_point("start:spawned")
@@ -187,6 +197,30 @@ class Engine:
         )
         events.emit(self.root, "start", record)
         return proc
+
+    # --- networking (issue 6) ---
+
+    def _attach_network(self, record: Record) -> tuple[dict, object]:
+        """The spec to start with and what the network layer made for it (see engine.networking)."""
+        attachment = networking.attach(self, record)
+        spec = record.config["spec"]
+        if attachment is None:
+            return spec, None
+        path = attachment if isinstance(attachment, str) else attachment.netns_path
+        return networking.with_netns(spec, path), attachment
+
+    def _release_network(self, record: Record, attachment, failed: bool) -> None:
+        """After spawn: our namespace fd goes (the init holds the namespace now), the port sockets stay
+        with this process, the container's reaper; if spawn failed, everything goes."""
+        if attachment is None or isinstance(attachment, str):
+            return
+        attachment.release_namespace()
+        if failed:
+            for sock in attachment.sockets:
+                sock.close()
+            networking.detach(self, record)
+        else:
+            networking.hold(self, attachment)
 
     def _seccomp_program(self, spec: dict) -> bytes | None:
         """The container's filter compiled to BPF here, in the parent, and cached per root: compiling
@@ -216,6 +250,7 @@ class Engine:
         code = exit_code_of(status)
         crash_point("finish:exited")
         cgroup_of(record).destroy()
+        networking.detach(self, record)
         events.emit(self.root, "die", record, exitCode=code)
         current = self.records.get(record.id)
         if current is None or current.state == "removing":
@@ -242,6 +277,7 @@ class Engine:
 
         status = read_exit_status(self.container_dir(record.id))
         cgroup_of(record).destroy()
+        networking.detach(self, record)
         if status is not None:
             code = exit_code_of(status)
         else:
@@ -266,6 +302,7 @@ class Engine:
         _check_name(new_name)
         record = self.lookup(ref)
         self.records.rename(record.id, new_name)
+        networking.renamed(self, record, new_name)
         events.emit(self.root, "rename", record, oldName=record.name, name=new_name)
 
     def prune(self) -> list[str]:
@@ -290,6 +327,7 @@ class Engine:
                     )
                 self.records.set_state(record.id, "removing")
                 self._kill_and_wait(record)
+                networking.detach(self, record)
             self._delete(record.id)
         try:
             os.unlink(self.root / "locks" / record.id)

@@ -22,16 +22,22 @@ def host_hostname() -> str:
     return os.uname().nodename
 
 
-def resolv_conf(host_network: bool, host_file: Path = Path("/etc/resolv.conf")) -> str:
-    """The host's resolv.conf; outside the host network, loopback nameservers cannot work and are dropped."""
+def resolv_conf(
+    host_network: bool, host_file: Path = Path("/etc/resolv.conf"), dns: list[str] | None = None
+) -> str:
+    """The host's resolv.conf; outside the host network, loopback nameservers cannot work and are dropped.
+    ``--dns`` servers replace the host's nameservers (its search and options lines are kept)."""
     try:
         lines = host_file.read_text().splitlines()
     except OSError:
-        return ""
-    if host_network:
-        return "\n".join(lines) + "\n"
+        lines = []
+    if host_network and not dns:
+        return "\n".join(lines) + "\n" if lines else ""
     kept = [ln for ln in lines if not _is_loopback_nameserver(ln)]
-    return "\n".join(kept) + "\n"
+    if dns:
+        kept = [ln for ln in kept if ln.split()[:1] != ["nameserver"]]
+        kept += [f"nameserver {server}" for server in dns]
+    return "\n".join(kept) + "\n" if kept else ""
 
 
 def _is_loopback_nameserver(line: str) -> bool:
@@ -43,8 +49,15 @@ def _is_loopback_nameserver(line: str) -> bool:
     )
 
 
-def write_etc_files(directory: Path, hostname: str, host_network: bool) -> dict[str, str]:
-    """Write the three files; returns container path -> host path for the spec's bind mounts."""
+def write_etc_files(
+    directory: Path,
+    hostname: str,
+    host_network: bool,
+    extra_hosts: list[str] | None = None,
+    dns: list[str] | None = None,
+) -> dict[str, str]:
+    """Write the three files; returns container path -> host path for the spec's bind mounts.
+    ``extra_hosts`` are ``--add-host`` lines; the network layer adds the container's own address at start."""
     if host_network:
         try:
             hosts = Path("/etc/hosts").read_text()
@@ -52,10 +65,12 @@ def write_etc_files(directory: Path, hostname: str, host_network: bool) -> dict[
             hosts = _HOSTS
     else:
         hosts = _HOSTS
+    if extra_hosts:
+        hosts += "".join(line + "\n" for line in extra_hosts)
     files = {
         "/etc/hostname": hostname + "\n",
         "/etc/hosts": hosts,
-        "/etc/resolv.conf": resolv_conf(host_network),
+        "/etc/resolv.conf": resolv_conf(host_network, dns=dns),
     }
     result = {}
     for dest, content in files.items():

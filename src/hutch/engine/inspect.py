@@ -54,6 +54,20 @@ def _mounts(spec: dict) -> list[dict]:
     return result
 
 
+def _port_bindings(record: Record) -> dict:
+    result: dict = {}
+    for p in record.config.get("network", {}).get("publish", []):
+        binding = {"HostIp": p["host_ip"], "HostPort": str(p["host_port"] or "")}
+        result.setdefault(f"{p['container_port']}/{p['proto']}", []).append(binding)
+    return result
+
+
+def _network_settings(engine, record: Record) -> dict:
+    from hutch.engine.networking import settings
+
+    return settings(engine, record)
+
+
 def inspect_container(engine, record: Record) -> dict:
     """The container as Docker's JSON, from its record and generated spec."""
     spec = record.config["spec"]
@@ -89,6 +103,7 @@ def inspect_container(engine, record: Record) -> dict:
         },
         "HostConfig": {
             "NetworkMode": opts.get("network", "none"),
+            "PortBindings": _port_bindings(record),
             "AutoRemove": opts.get("remove", False),
             "RestartPolicy": _restart_policy(opts.get("restart") or "no"),
             "LogConfig": {"Type": "k8s-file", "Config": opts.get("log_opts") or {}},
@@ -98,6 +113,7 @@ def inspect_container(engine, record: Record) -> dict:
                 for v in opts.get("volumes", [])
             ],
         },
+        "NetworkSettings": _network_settings(engine, record),
         "GraphDriver": {
             "Name": "overlay",
             "Data": {

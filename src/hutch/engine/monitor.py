@@ -106,6 +106,9 @@ def launch(engine, record, binary: str, report_fd: int | None) -> None:
             raise
         _report(report_fd, exc)
         os._exit(1)
+    from hutch.engine.networking import held_sockets
+
+    keep += [sock.fileno() for sock in held_sockets(engine)]  # published ports stay claimed
     argv = [binary, "-p", str(proc.pid)]
     if tty:
         argv += ["-t", "-o", str(proc.console)]

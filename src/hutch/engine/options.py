@@ -6,6 +6,9 @@ import os
 
 from hutch.errors import InvalidArgument
 
+# The network a container gets without --network (networking, issue 6).
+DEFAULT_NETWORK = "bridge"
+
 
 class VolumeSpec:
     """A ``-v HOST:CTR[:ro]`` bind mount."""
@@ -52,7 +55,7 @@ class RunOptions:
         "volumes": list,
         "tmpfs": list,
         "read_only": False,
-        "network": "none",
+        "network": DEFAULT_NETWORK,
         "interactive": False,
         "tty": False,
         "remove": False,
@@ -70,6 +73,14 @@ class RunOptions:
         "userns": "host",
         "userns_remap": None,
         "userns_map": None,
+        # --- networking (issue 6) ---
+        "publish": list,
+        "publish_all": False,
+        "ip": None,
+        "mac_address": None,
+        "dns": list,
+        "add_hosts": list,
+        "network_aliases": list,
     }
     __slots__ = ("image", *_DEFAULTS)
 
@@ -158,13 +169,68 @@ def parse_env(items: list[str]) -> list[str]:
     return _expand_env(items)
 
 
+# --- networking (issue 6) -----------------------------------------------------------------------------
+
+
 def check_network(mode: str) -> str:
-    """Only the modes this version has; bridge networking comes with ``hutch network``."""
-    if mode in ("none", "host"):
+    """``none``, ``host``, ``bridge`` (``default``), ``container:NAME`` or a user network's name; whether
+    the network or container exists is checked by the engine at create time."""
+    import re
+
+    if mode == "default":
+        return "bridge"
+    if mode in ("none", "host", "bridge"):
         return mode
-    if mode in ("bridge", "default"):
-        raise InvalidArgument("--network bridge is not available yet: use --network none or host")
-    raise InvalidArgument(f"network {mode!r} not found")
+    kind, sep, target = mode.partition(":")
+    if sep and kind == "container" and target:
+        return mode
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", mode):
+        raise InvalidArgument(f"invalid --network {mode!r}")
+    return mode
+
+
+def _check_ipv4(text: str, what: str) -> str:
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 and str(int(p)) == p for p in parts):
+        raise InvalidArgument(f"invalid {what} {text!r}: expected an IPv4 address")
+    return text
+
+
+def parse_ip(text: str | None) -> str | None:
+    return None if text is None else _check_ipv4(text, "--ip")
+
+
+def parse_dns(items: list[str]) -> list[str]:
+    return [_check_ipv4(item, "--dns") for item in items]
+
+
+def parse_mac(text: str | None) -> str | None:
+    """``--mac-address``: six hex pairs, unicast (the multicast bit of the first byte clear)."""
+    if text is None:
+        return None
+    import re
+
+    if not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", text) or int(text[:2], 16) & 1:
+        raise InvalidArgument(f"invalid --mac-address {text!r}: expected a unicast xx:xx:xx:xx:xx:xx")
+    return text.lower()
+
+
+def parse_add_host(text: str) -> str:
+    """``--add-host NAME:IP`` (or ``NAME=IP``) as one /etc/hosts line."""
+    sep = "=" if "=" in text else ":"
+    name, _, address = text.partition(sep)
+    if not name or not address:
+        raise InvalidArgument(f"invalid --add-host {text!r}: expected NAME:IP")
+    return f"{_check_ipv4(address, '--add-host address')}\t{name}"
+
+
+def parse_aliases(items: list[str]) -> list[str]:
+    import re
+
+    for item in items:
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", item):
+            raise InvalidArgument(f"invalid --network-alias {item!r}")
+    return list(items)
 
 
 RLIMITS = {
