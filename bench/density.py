@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if "hutch" in wanted:
             base = [args.hutch, "--root", str(work / "hutch")]
             subprocess.run([*base, "import", str(tar), "busybox"], check=True, capture_output=True)
-            run = ["run", "-d", "busybox", "sleep", "3600"]
+            run = ["run", "-d", "--network", "none", "busybox", "sleep", "3600"]
             engines.append(Engine("hutch", base, run, "hutch-monitor", work / "hutch"))
         podman = shutil.which("podman")
         if "podman" in wanted and podman:
