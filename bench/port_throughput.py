@@ -115,7 +115,7 @@ class Servers:
 
     def cleanup(self) -> None:
         common._quiet([*self.hutch, "rm", "-f", "tput"])
-        common._teardown_hutch_networks(Path(self.args.hutch), self.work / "hutch")
+        common.teardown_networks(Path(self.args.hutch), self.work / "hutch")
         if self.podman:
             common._quiet([*self.podman, "rm", "-af", "-t", "0"])
             common._quiet([*self.podman, "rmi", "-af"])

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 
 import busybox_rootfs  # noqa: E402
+from hutch_networks import teardown_networks  # noqa: E402
 
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 ALL_PEERS = ("hutch", "hutch-runc", "podman", "crun", "runc", "hutch-bridge", "podman-bridge")
@@ -337,7 +338,7 @@ class Bench:
             _delete_containers_under(exe, self.work)
         _kill_processes_mentioning(self.work)
         for root in self._hutch_roots:
-            _teardown_hutch_networks(Path(self.args.hutch), root)
+            teardown_networks(Path(self.args.hutch), root)
         if self._ns_helper is not None:
             self._ns_helper.kill()
             self._ns_helper.wait()
@@ -371,18 +372,6 @@ def _quiet(cmd: list[str], capture: bool = False) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return proc.stdout if capture else ""
-
-
-def _teardown_hutch_networks(hutch: Path, root: Path) -> None:
-    """Remove the bridges and nft table a bench root made (hutch keeps them for the next run otherwise)."""
-    if not (root / "hutch.db").exists():
-        return
-    code = (
-        "import sys; from pathlib import Path; from hutch.db import Database;"
-        " from hutch.network.manager import NetworkManager as M;"
-        " r = Path(sys.argv[1]); M(r, Database(r / 'hutch.db')).teardown()"
-    )
-    _quiet([str(hutch.with_name("python")), "-c", code, str(root)])
 
 
 def _delete_containers_under(exe: str, top: Path) -> None:

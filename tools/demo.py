@@ -35,6 +35,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import busybox_rootfs  # noqa: E402
+from hutch_networks import teardown_networks  # noqa: E402
 
 IMAGE = "busybox:demo"
 Check = Callable[[str], str | None]  # output -> None when fine, else what was wrong
@@ -202,19 +203,6 @@ def find_hutch(explicit: str | None) -> str | None:
         if c and os.access(c, os.X_OK):
             return str(c)
     return None
-
-
-def teardown_networks(hutch: str, root: Path) -> None:
-    """The bridge and nft table the demo's root made (the default bridge network is kept per root)."""
-    if not (root / "hutch.db").exists():
-        return
-    code = (
-        "import sys; from pathlib import Path; from hutch.db import Database;"
-        " from hutch.network.manager import NetworkManager as M;"
-        " r = Path(sys.argv[1]); M(r, Database(r / 'hutch.db')).teardown()"
-    )
-    python = Path(hutch).with_name("python")
-    subprocess.run([str(python), "-c", code, str(root)], capture_output=True, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

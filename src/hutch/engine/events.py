@@ -57,16 +57,9 @@ _FILTER_KEYS = ("container", "event", "image", "type", "label")
 
 def event_filter(items: list[str]):
     """``--filter container=,event=,image=,type=,label=``: the same key ORs, keys AND, as Docker."""
-    from hutch.errors import InvalidArgument
+    from hutch.engine.filters import parse_filters
 
-    wanted: dict[str, list[str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in _FILTER_KEYS:
-            raise InvalidArgument(
-                f"invalid filter {item!r}: expected one of {', '.join(k + '=' for k in _FILTER_KEYS)}"
-            )
-        wanted.setdefault(key, []).append(value)
+    wanted = parse_filters(items, _FILTER_KEYS)
 
     def matches(event: dict) -> bool:
         attrs = event.get("Actor", {}).get("Attributes", {})

@@ -11,18 +11,26 @@ _KEYS = ("status", "name", "id", "label", "ancestor", "exited")
 _STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
-def container_filter(items: list[str]) -> Callable[[Record], bool]:
-    """A predicate for ``items``; unknown keys and statuses are one-line errors naming them."""
+def parse_filters(items: list[str], keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """``KEY=VALUE`` items grouped by key (Docker: the same key ORs, keys AND); an unknown key is a one-line
+    error naming it and the keys there are."""
     wanted: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in _KEYS:
+        if not sep or key not in keys:
             raise InvalidArgument(
-                f"invalid filter {item!r}: expected one of {', '.join(k + '=' for k in _KEYS)}"
+                f"invalid filter {item!r}: expected one of {', '.join(k + '=' for k in keys)}"
             )
-        if key == "status" and value not in _STATUSES:
-            raise InvalidArgument(f"invalid filter 'status={value}': expected one of {', '.join(_STATUSES)}")
         wanted.setdefault(key, []).append(value)
+    return wanted
+
+
+def container_filter(items: list[str]) -> Callable[[Record], bool]:
+    """A predicate for ``items``; unknown keys and statuses are one-line errors naming them."""
+    wanted = parse_filters(items, _KEYS)
+    for value in wanted.get("status", []):
+        if value not in _STATUSES:
+            raise InvalidArgument(f"invalid filter 'status={value}': expected one of {', '.join(_STATUSES)}")
 
     def matches(record: Record) -> bool:
         options = record.config.get("options", {})
