@@ -80,9 +80,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", action="append", default=[], metavar="HOST[:CTR][:rwm]", help="add a device")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="set an rlimit")
+    _add_limit_arguments(p)
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
+
+
+def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """Resource limits (--memory, --cpus, ...): defined in ``cli.limits``."""
+    from hutch.cli.limits import add_resource_arguments
+
+    add_resource_arguments(p)
 
 
 def _add_ps(p: argparse.ArgumentParser) -> None:
@@ -150,8 +158,16 @@ def run_options(args: argparse.Namespace):
         privileged=args.privileged,
         ulimits=[parse_ulimit(u) for u in args.ulimit],
         devices=parse_devices(args.device),
+        **_limit_options(args),
         **parse_security_opts(args.security_opt),
     )
+
+
+def _limit_options(args: argparse.Namespace) -> dict:
+    """``RunOptions`` fields of the resource flags (``cli.limits``)."""
+    from hutch.cli.limits import resources_from_args
+
+    return {"resources": resources_from_args(args), "cgroup_parent": args.cgroup_parent}
 
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:

@@ -19,6 +19,7 @@ _GROUPS = {
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
     "hutch.cli.system": ("info",),
     "hutch.cli.execs": ("exec",),
+    "hutch.cli.limits": ("stats", "update"),
     "hutch.cli.lifecycle": ("create", "start", "stop", "restart", "kill", "wait", "logs", "rename", "top"),
 }
 _GLOBAL_WITH_VALUE = ("--root", "--runroot")

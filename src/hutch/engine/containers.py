@@ -89,7 +89,7 @@ class Engine:
                     "spec": spec,
                     "layers": [str(p) for p in layers],
                     "options": _options_dict(opts),
-                    "cgroup": _cgroup_paths(cid),
+                    "cgroup": _cgroup_paths(cid, opts.cgroup_parent),
                     "stop_signal": image.run_config.get("StopSignal"),
                 },
             )
@@ -128,7 +128,12 @@ class Engine:
         cgroup.create()
         try:
             # Before the init joins: it must never run without the device rules.
-            cgroup.set_devices(rules_from_spec(record.config["spec"]["linux"]["resources"]["devices"]))
+            resources = record.config["spec"]["linux"]["resources"]
+            cgroup.set_devices(rules_from_spec(resources["devices"]))
+            if (
+                len(resources) > 1
+            ):  # limits beyond devices (--memory, --cpus, ...): also before the init joins
+                cgroup.set_resources(resources)
             program = self._seccomp_program(record.config["spec"])
             proc = spawn(
                 record.config["spec"],
@@ -175,11 +180,13 @@ class Engine:
     def finish(self, record: Record, status: int) -> int:
         """After the init exited: remove the cgroup, record the exit code, and honour ``--rm``."""
         code = exit_code_of(status)
-        cgroup_of(record).destroy()
+        cgroup = cgroup_of(record)
+        oom_killed = cgroup.oom_kills() > 0  # read before the cgroup and its counters go
+        cgroup.destroy()
         current = self.records.get(record.id)
         if current is None or current.state == "removing":
             return code
-        self.records.mark_exited(record.id, code)
+        self.records.mark_exited(record.id, code, oom_killed)
         if record.config.get("options", {}).get("remove"):
             self._delete(record.id)
         return code
@@ -265,12 +272,12 @@ def _rmtree(path: Path) -> None:
         pass
 
 
-def _cgroup_paths(cid: str) -> dict[str, str]:
+def _cgroup_paths(cid: str, parent: str | None = None) -> dict[str, str]:
     """Where the container's cgroups will be, fixed at create time: the default parent depends on the cgroup
     of the hutch process that computes it, and a later ``hutch rm`` may run from somewhere else."""
     from hutch.cgroups import open_manager
 
-    return {key: str(path) for key, path in open_manager(cid).paths().items()}
+    return {key: str(path) for key, path in open_manager(cid, parent).paths().items()}
 
 
 def cgroup_of(record: Record):

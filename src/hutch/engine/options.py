@@ -64,6 +64,9 @@ class RunOptions:
         "seccomp": "default",
         "ulimits": list,
         "devices": list,
+        # resource limits (issue 4): OCI linux.resources without devices, from hutch.engine.resources
+        "resources": dict,
+        "cgroup_parent": None,
     }
     __slots__ = ("image", *_DEFAULTS)
 
@@ -73,7 +76,7 @@ class RunOptions:
             raise TypeError(f"unknown run options: {sorted(unknown)}")
         self.image = image
         for key, default in self._DEFAULTS.items():
-            value = values[key] if key in values else (default() if default is list else default)
+            value = values[key] if key in values else (default() if default in (list, dict) else default)
             setattr(self, key, value)
 
     def to_dict(self) -> dict:
