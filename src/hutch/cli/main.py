@@ -17,7 +17,7 @@ from pathlib import Path
 _GROUPS = {
     "hutch.cli.images": ("images", "import", "load", "save", "tag", "rmi", "image"),
     "hutch.cli.containers": ("run", "ps", "rm", "inspect", "container"),
-    "hutch.cli.system": ("info",),
+    "hutch.cli.system": ("info", "system"),
     "hutch.cli.execs": ("exec",),
     "hutch.cli.limits": ("stats", "update"),
     "hutch.cli.lifecycle": ("create", "start", "stop", "restart", "kill", "wait", "logs", "rename", "top"),

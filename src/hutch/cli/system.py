@@ -1,4 +1,4 @@
-"""System commands: ``hutch info``."""
+"""System commands: ``hutch info``, ``hutch system prune``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,57 @@ import json
 
 
 def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
-    """Add ``info``."""
-    p = sub.add_parser("info", help="show what this host supports and what hutch holds")
-    p.add_argument("--format", help="'json' for machine-readable output")
-    p.set_defaults(handler=cmd_info)
+    """Add ``info`` and the ``system`` group."""
+    if only in (None, "info"):
+        p = sub.add_parser("info", help="show what this host supports and what hutch holds")
+        p.add_argument("--format", help="'json' for machine-readable output")
+        p.set_defaults(handler=cmd_info)
+    if only in (None, "system"):
+        group = sub.add_parser("system", help="manage hutch").add_subparsers(
+            dest="system_command", metavar="COMMAND"
+        )
+        prune = group.add_parser("prune", help="remove stopped containers, orphaned cgroups, dangling images")
+        prune.add_argument("-a", "--all", action="store_true", help="remove all unused images too")
+        prune.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+        prune.set_defaults(handler=cmd_system_prune)
+        info = group.add_parser("info", help="same as hutch info")
+        info.add_argument("--format", help="'json' for machine-readable output")
+        info.set_defaults(handler=cmd_info)
+
+
+def cmd_system_prune(args: argparse.Namespace, ctx) -> int:
+    """``hutch system prune``: stopped containers, then orphaned cgroups in every hierarchy, then images
+    no container uses (dangling ones, or all with ``-a``); asks first unless ``-f``, as Docker does."""
+    import sys
+
+    from hutch.cli.format import size
+    from hutch.engine.cgroupgc import prune_cgroups
+
+    if not args.force:
+        print(
+            "WARNING! This will remove:\n  - all stopped containers\n  - all orphaned hutch cgroups\n"
+            f"  - all {'unused' if args.all else 'dangling'} images\n"
+            "Are you sure you want to continue? [y/N] ",
+            end="",
+            flush=True,
+        )
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            return 0
+    containers = ctx.engine.prune()
+    cgroups = prune_cgroups(ctx.engine)
+    report = ctx.images.prune(all=args.all, in_use=ctx.containers_using_image)
+    for title, items in (("Deleted Containers:", containers), ("Deleted cgroups:", cgroups)):
+        if items:
+            print(title, *items, sep="\n")
+            print()
+    if report["ImagesDeleted"]:
+        print("Deleted Images:")
+        for entry in report["ImagesDeleted"]:
+            for action, what in entry.items():
+                print(f"{action.lower()}: {what}")
+        print()
+    print(f"Total reclaimed space: {size(report['SpaceReclaimed'])}")
+    return 0
 
 
 def _summary(ctx) -> dict:

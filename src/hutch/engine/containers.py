@@ -203,8 +203,11 @@ class Engine:
         reaper_pid, _, reaper_start = record.reaper.partition(":")
         if reaper_pid.isdigit() and process_start_time(int(reaper_pid)) == reaper_start:
             return record
-        cgroup_of(record).destroy()
-        self.records.mark_exited(record.id, 137 if record.exit_code is None else record.exit_code)
+        cgroup = cgroup_of(record)
+        oom_killed = cgroup.oom_kills() > 0
+        cgroup.destroy()
+        code = 137 if record.exit_code is None else record.exit_code
+        self.records.mark_exited(record.id, code, oom_killed)
         return self.records.get(record.id) or record
 
     def list(self, include_stopped: bool) -> list[Record]:
@@ -224,6 +227,7 @@ class Engine:
         removed = []
         for record in self.list(include_stopped=True):
             if record.state in ("created", "exited"):
+                cgroup_of(record).destroy()
                 self._delete(record.id)
                 removed.append(record.id)
         return removed
@@ -239,6 +243,8 @@ class Engine:
                 )
             self.records.set_state(record.id, "removing")
             self._kill_and_wait(record)
+        else:
+            cgroup_of(record).destroy()  # normally gone already; not if its reaper died mid-finish
         self._delete(record.id)
         return record.name
 
