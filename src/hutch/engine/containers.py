@@ -257,6 +257,12 @@ class Engine:
             except ProcessLookupError:
                 break
             time.sleep(0.01)
+        # The reaper (monitor or foreground run) records the exit and leaves; wait for it so that when rm
+        # returns nothing of the container is left running, however slow the machine.
+        reaper_pid, _, reaper_start = record.reaper.partition(":")
+        if reaper_pid.isdigit() and int(reaper_pid) != os.getpid():
+            while process_start_time(int(reaper_pid)) == reaper_start and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def _delete(self, cid: str) -> None:
         """Remove the container's files, then its record: a crash in between leaves a record to retry."""
