@@ -124,9 +124,12 @@ def test_cpus_half_keeps_a_busy_loop_near_half_a_core(hutch, busybox, detached):
     time.sleep(3)
     t1, c1 = time.monotonic(), cpu_ns(cid)
     share = (c1 - c0) / ((t1 - t0) * 1e9)
-    # the quota caps it at 0.5; the lower bound leaves room for other work on this shared machine
-    assert 0.3 <= share <= 0.6, share
-    assert 30 <= float(stats(hutch, "spin")["CPUPerc"].rstrip("%")) <= 60
+    # The quota caps it at 0.5. Other work on this shared 2-core machine can take some of that half, so
+    # the floor is low; that the quota is what holds it back shows in the kernel's throttling count.
+    assert 0.2 <= share <= 0.6, share
+    cpu_stat = dict(line.split() for line in cgroup_read(cid, ("cpu", "cpu.stat"), "cpu.stat").splitlines())
+    assert int(cpu_stat["nr_throttled"]) > 0
+    assert float(stats(hutch, "spin")["CPUPerc"].rstrip("%")) <= 60
 
 
 def test_cpuset_cpus_pins(hutch, busybox):
@@ -189,35 +192,38 @@ def test_device_read_bps_throttles_the_block_device(hutch, busybox, detached):
 
 
 def test_cgroups_go_when_processes_are_killed_behind_hutchs_back(hutch, busybox, detached):
-    cid = detached("victim", busybox, "sleep", "1000", parent=None)
+    cid = detached("victim", busybox, "sleep", "1000")
     db = sqlite3.connect(hutch.root / "hutch.db")
     pid, reaper = db.execute("SELECT pid, reaper FROM containers WHERE id=?", (cid,)).fetchone()
     os.kill(int(reaper.split(":")[0]), signal.SIGKILL)  # the monitor first, so nobody records the exit
     os.kill(pid, signal.SIGKILL)
     _wait_gone(pid)
-    assert open_manager(cid).exists()  # nobody has noticed yet
+    assert open_manager(cid, PARENT).exists()  # nobody has noticed yet
     assert "Exited (137)" in hutch.ok("ps", "-a")  # the next command reconciles, and removes the cgroup
-    assert not open_manager(cid).exists()
+    assert not open_manager(cid, PARENT).exists()
     hutch.ok("rm", "victim")
 
 
 def test_system_prune_removes_orphaned_cgroups(hutch, busybox, detached):
-    cid = detached("orphan", busybox, "sleep", "1000", parent=None)
+    # prune searches the default parent and those this root's records name: the keeper's record names ours
+    keeper = detached("keeper", busybox, "sleep", "1000")
+    cid = detached("orphan", busybox, "sleep", "1000")
     db = sqlite3.connect(hutch.root / "hutch.db")
     (pid,) = db.execute("SELECT pid FROM containers WHERE id=?", (cid,)).fetchone()
     with db:
         db.execute("DELETE FROM containers WHERE id=?", (cid,))  # the record lost: only the cgroup knows
     db.close()
-    empty = open_manager("e" * 64)
+    empty = open_manager("e" * 64, PARENT)
     empty.create()
     for d in set(empty.paths().values()):
         os.utime(d, (time.time() - 60, time.time() - 60))  # older than the grace period
-    young = open_manager("f" * 64)
+    young = open_manager("f" * 64, PARENT)
     young.create()  # may be another hutch's container that is still starting: left alone
     try:
         out = hutch.ok("system", "prune", "-f")
-        assert cid in out and "e" * 64 in out and "f" * 64 not in out
-        assert not open_manager(cid).exists() and not empty.exists() and young.exists()
+        assert cid in out and "e" * 64 in out and "f" * 64 not in out and keeper not in out
+        assert not open_manager(cid, PARENT).exists() and not empty.exists() and young.exists()
+        assert open_manager(keeper, PARENT).pids()  # a running container is not an orphan
         _wait_gone(pid)
     finally:
         for manager in (empty, young):
