@@ -166,7 +166,7 @@ def run(
                 "-o",
                 "sandbox=chroot",
                 "-o",
-                "cache=auto",
+                "cache=always",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

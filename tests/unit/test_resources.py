@@ -155,3 +155,10 @@ def test_stat_file_parsers():
     blkio = "254:0 Read 4096\n254:0 Write 8192\n254:0 Sync 1\n254:0 Total 12288\nTotal 12288\n"
     assert v1_blkio(blkio) == (4096, 8192)
     assert v2_io("254:0 rbytes=100 wbytes=200 rios=1 wios=2\n8:0 rbytes=1 wbytes=2\n") == (101, 202)
+
+
+def test_stats_sizes_print_as_docker_does():
+    from hutch.engine.limits import binary_size, decimal_size
+
+    assert binary_size(160 * 1024) == "160KiB" and binary_size(64 << 20) == "64MiB" and binary_size(0) == "0B"
+    assert decimal_size(1234) == "1.23kB" and decimal_size(0) == "0B"
