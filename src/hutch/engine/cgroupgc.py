@@ -25,9 +25,15 @@ GRACE_SECONDS = 10.0
 
 def _candidate_dirs(engine: Engine) -> dict[str, set[Path]]:
     """cgroup name -> its directories, under the default parent and the parents of this root's records."""
-    from hutch.cgroups import open_manager
+    from hutch.cgroups import detect, open_manager
+    from hutch.errors import HutchError
 
     parents = {d.parent for d in open_manager("x").paths().values()}
+    if detect() == "v1":  # a hybrid host: the cgroup2 mount beside the v1 hierarchies, if there is one
+        try:
+            parents.add(open_manager("x", version="v2").paths()["unified"].parent)
+        except HutchError:
+            pass
     for record in engine.records.list():
         parents.update(Path(p).parent for p in record.config.get("cgroup", {}).values())
     found: dict[str, set[Path]] = {}
