@@ -240,3 +240,31 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
         if stat[stat.rfind(")") + 2] == "Z":  # a zombie nobody reaps (this host's pid 1 does not) is gone
             return
         time.sleep(0.05)
+
+
+def test_other_limits_reach_their_cgroup_files(hutch, busybox, detached):
+    flags = ["--cpu-shares", "512", "--memory", "64m", "--memory-reservation", "16m", "--memory-swap", "96m"]
+    cid = detached("knobs", *flags, "--cpu-period", "50000", "--cpu-quota", "25000", busybox, "sleep", "1000")
+    if VERSION == "v2":
+        assert cgroup_read(cid, ("", ""), "cpu.weight") == "20"  # runc's conversion of 512 shares
+        assert cgroup_read(cid, ("", ""), "memory.low") == str(16 << 20)
+        assert cgroup_read(cid, ("", ""), "cpu.max") == "25000 50000"
+        swap = Path(open_manager(cid, PARENT).paths()["unified"], "memory.swap.max")
+        assert not swap.exists() or swap.read_text().strip() == str(32 << 20)  # memory+swap minus memory
+    else:
+        assert cgroup_read(cid, ("cpu", "cpu.shares"), "") == "512"
+        assert cgroup_read(cid, ("memory", "memory.soft_limit_in_bytes"), "") == str(16 << 20)
+        assert cgroup_read(cid, ("cpu", "cpu.cfs_quota_us"), "") == "25000"
+        assert cgroup_read(cid, ("cpu", "cpu.cfs_period_us"), "") == "50000"
+        swap = Path(open_manager(cid, PARENT).paths()["memory"], "memory.memsw.limit_in_bytes")
+        assert not swap.exists() or swap.read_text().strip() == str(96 << 20)
+        weight = Path(open_manager(cid, PARENT).paths()["blkio"], "blkio.bfq.weight")
+        if weight.exists():
+            hutch.ok("update", "--blkio-weight", "300", "knobs")
+            assert "300" in weight.read_text()
+    host_config = inspect(hutch, "knobs")["HostConfig"]
+    assert (host_config["CpuShares"], host_config["CpuQuota"], host_config["MemoryReservation"]) == (
+        512,
+        25000,
+        16 << 20,
+    )
