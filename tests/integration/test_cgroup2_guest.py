@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,15 @@ SUBSET = [
     "tests/integration/test_limits.py::test_fork_bomb_stops_at_pids_limit",
     "tests/integration/test_limits.py::test_cpus_half_keeps_a_busy_loop_near_half_a_core",
     "tests/integration/test_limits.py::test_update_changes_limits_of_a_running_container",
+    # the backend's own tests, on a real v2 hierarchy with controllers (seconds: no hutch commands)
+    "tests/integration/test_cgroups.py",
+    "tests/integration/test_devices_cgroup.py",
 ]
-WHOLE = ["tests/integration/test_limits.py", "tests/integration/test_cgroups.py"]
+WHOLE = [
+    "tests/integration/test_limits.py",
+    "tests/integration/test_cgroups.py",
+    "tests/integration/test_devices_cgroup.py",
+]
 
 pytestmark = [
     pytest.mark.root,
@@ -56,4 +64,5 @@ def test_limits_hold_on_pure_cgroup2():
     output = proc.stdout + proc.stderr
     assert "cgroup mounts: /sys/fs/cgroup cgroup2\n" in output, output[-3000:]  # pure v2, nothing else
     assert proc.returncode == 0, output[-6000:]
-    assert " passed" in output and " failed" not in output, output[-3000:]
+    passed = re.search(r"(\d+) passed", output)
+    assert passed and int(passed.group(1)) >= 4 and " failed" not in output, output[-3000:]
