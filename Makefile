@@ -22,6 +22,8 @@ STAMP := $(VENV)/.hutch-installed
 APT_PACKAGES := python3 python3-venv busybox-static podman crun runc conmon netavark aardvark-dns \
 	catatonit uidmap zstd iproute2 iptables nftables libseccomp2 util-linux gcc libc6-dev \
 	docker-registry skopeo openssl apache2-utils
+# The cgroup v2 tests boot this host's userspace in a QEMU guest on Debian's cloud kernel (tools/cgroup2_vm.py).
+APT_PACKAGES += qemu-system-x86 linux-image-cloud-amd64
 APT_EXTRA ?=
 # Later layers (microVM) will need: qemu-system-x86 erofs-utils
 

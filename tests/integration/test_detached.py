@@ -25,6 +25,22 @@ def _until(predicate, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def _read_lines(stream, count: int, timeout: float) -> list[str]:
+    """Up to ``count`` lines from a pipe, giving up at the deadline (a missing event must fail, not hang).
+    Reads the fd itself: a buffered reader would hold lines that select() no longer reports."""
+    import select
+
+    fd, data, deadline = stream.fileno(), b"", time.monotonic() + timeout
+    while data.count(b"\n") < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    return [line.decode().strip() for line in data.splitlines()[:count]]
+
+
 def _monitor_pids(hutch) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"hutch-monitor.*{hutch.root}"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -247,7 +263,7 @@ def test_events_past_and_followed(hutch, busybox):
     try:
         time.sleep(1.0)  # it starts at the end of the log: only what happens from now on
         hutch("run", "--rm", "--name", "ev", busybox, "sh", "-c", "exit 2")
-        seen = [follower.stdout.readline().strip() for _ in range(4)]
+        seen = _read_lines(follower.stdout, 4, timeout=20)
         assert seen == ["create ev", "start ev", "die ev", "destroy ev"]
     finally:
         follower.kill()

@@ -343,7 +343,7 @@ def test_crash_of_hutch_is_reconciled(net):
     os.kill(monitor, 9)
     os.kill(pid, 9)
     assert wait_until(lambda: "Exited" in net.ok("ps", "-a"))
-    net.ok("system", "prune")
+    net.ok("system", "prune", "-f")
     assert net.manager().ipam.all_endpoints() == []
     assert net.manager().ports.all() == []
     ports_left = subprocess.run(

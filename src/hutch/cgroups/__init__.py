@@ -28,6 +28,7 @@ __all__ = [
     "V2Manager",
     "detect",
     "list_hutch_cgroups",
+    "managers_for",
     "open_manager",
     "reopen",
 ]
@@ -234,3 +235,24 @@ def list_hutch_cgroups(parent: str | None = None, version: str | None = None) ->
         except FileNotFoundError:
             pass
     return sorted(names)
+
+
+def managers_for(dirs: set[Path] | list[Path]) -> list[CgroupManager]:
+    """Managers for cgroup directories found on disk (not recorded): one v1 manager over those in v1
+    hierarchies, keyed by each hierarchy's controllers so it freezes before killing, and one v2 manager
+    per directory in a cgroup2 hierarchy. Directories outside every cgroup mount are refused."""
+    mounts = _state()[0]
+    v1: dict[str, Path] = {}
+    managers: list[CgroupManager] = []
+    for d in sorted(Path(d) for d in dirs):
+        inside = [m for m in mounts if Path(m.mountpoint) in d.parents]
+        if not inside:
+            raise HutchError(f"{d} is not below a cgroup mount")
+        m = max(inside, key=lambda m: len(m.mountpoint))
+        if m.fstype == "cgroup2":
+            managers.append(V2Manager(d, Path(m.mountpoint)))
+        else:
+            v1.update({c: d for c in m.controllers or ("none",)})
+    if v1:
+        managers.insert(0, V1Manager(v1))
+    return managers

@@ -67,6 +67,23 @@ class CgroupManager(ABC):
         """
         raise HutchError(f"the {type(self).__name__} cgroup backend cannot restrict devices")
 
+    # --- resource limits and usage (hutch.cgroups.limits, hutch.cgroups.stats) --------------------------
+
+    def set_resources(self, resources: dict) -> None:
+        """Apply OCI ``linux.resources`` limits (memory, cpu, pids, blockIO; ``devices`` is ``set_devices``).
+
+        Called after ``create()`` and before any process joins, and again by ``hutch update``.
+        """
+        raise HutchError(f"the {type(self).__name__} cgroup backend cannot set resource limits")
+
+    def stats(self) -> dict:
+        """Usage counters with the same keys on every version (see ``hutch.cgroups.stats``)."""
+        raise HutchError(f"the {type(self).__name__} cgroup backend has no usage counters")
+
+    def oom_kills(self) -> int:
+        """How many of the cgroup's processes the kernel's OOM killer has killed (0 if unknown)."""
+        return 0
+
 
 def write_raw(path: Path | str, data: str) -> None:
     """Write ``data`` in one ``write(2)``; raises ``OSError`` so callers can act on the errno."""
@@ -237,3 +254,20 @@ def _rmdir(directory: Path, deadline: float) -> None:
                 raise HutchError(f"failed to remove cgroup {directory}: {e.strerror}") from e
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+def keyed_count(path: Path, key: str) -> int:
+    """The value of ``key`` in a flat-keyed cgroup file (``key value`` lines); 0 if absent or unreadable.
+
+    Kept here rather than in ``stats`` because ``finish`` reads the OOM count of every container on the
+    ``hutch run`` path, which must not import the stats module.
+    """
+    try:
+        text = read_file(path)
+    except HutchError:
+        return 0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hutch.cgroups.base import (
     CgroupManager,
+    keyed_count,
     make_dir,
     read_file,
     refuse_self,
@@ -134,6 +135,23 @@ class V1Manager(CgroupManager):
         finally:
             for fd in fds.values():
                 os.close(fd)
+
+    def set_resources(self, resources: dict) -> None:
+        """Write the limits into each controller's hierarchy (``hutch.cgroups.limits.apply_v1``)."""
+        from hutch.cgroups.limits import apply_v1
+
+        apply_v1(self._dirs, resources)
+
+    def stats(self) -> dict:
+        """cpuacct, memory, pids and blkio counters (``hutch.cgroups.stats.read_v1``)."""
+        from hutch.cgroups.stats import read_v1
+
+        return read_v1(self._dirs)
+
+    def oom_kills(self) -> int:
+        """``oom_kill`` of memory.oom_control (kernel 4.13+): kills caused by this cgroup's limit."""
+        memory = self._dirs.get("memory")
+        return 0 if memory is None else keyed_count(memory / "memory.oom_control", "oom_kill")
 
     def _signal_frozen(self, sig: int) -> None:
         """Send ``sig`` to every process, with the cgroup frozen while the list is read and signalled."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hutch.cgroups.base import (
     CgroupManager,
+    keyed_count,
     read_file,
     refuse_self,
     remove_default_parent,
@@ -125,6 +126,22 @@ class V2Manager(CgroupManager):
             bpf.set_device_filter(str(self._path), program)
         except OSError as e:
             raise HutchError(f"failed to set the device filter of cgroup {self._path}: {e.strerror}") from e
+
+    def set_resources(self, resources: dict) -> None:
+        """Write the limits into the unified cgroup (``hutch.cgroups.limits.apply_v2``)."""
+        from hutch.cgroups.limits import apply_v2
+
+        apply_v2(self._path, resources)
+
+    def stats(self) -> dict:
+        """cpu.stat, memory, pids and io.stat counters (``hutch.cgroups.stats.read_v2``)."""
+        from hutch.cgroups.stats import read_v2
+
+        return read_v2(self._path)
+
+    def oom_kills(self) -> int:
+        """``oom_kill`` of memory.events: kills in this cgroup and the cgroups below it."""
+        return keyed_count(self._path / "memory.events", "oom_kill")
 
     def _populated(self) -> bool:
         """Whether any process is in the cgroup or below it (cgroup.events), False if it is gone."""

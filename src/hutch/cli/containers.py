@@ -99,6 +99,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         choices=("missing", "always", "never"),
         help="pull the image first: when the store lacks it (default), always, or never",
     )
+    _add_limit_arguments(p)
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -163,6 +164,13 @@ def network_options(args: argparse.Namespace) -> dict:
         "add_hosts": [parse_add_host(h) for h in args.add_host],
         "network_aliases": parse_aliases(args.network_alias),
     }
+
+
+def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """Resource limits (--memory, --cpus, ...): defined in ``cli.limits``."""
+    from hutch.cli.limits import add_resource_arguments
+
+    add_resource_arguments(p)
 
 
 def _add_ps(p: argparse.ArgumentParser) -> None:
@@ -232,6 +240,7 @@ def run_options(args: argparse.Namespace):
         privileged=args.privileged,
         ulimits=[parse_ulimit(u) for u in args.ulimit],
         devices=parse_devices(args.device),
+        **_limit_options(args),
         **parse_security_opts(args.security_opt),
         **_lifecycle_options(args),
         **network_options(args),
@@ -291,6 +300,13 @@ def ensure_image(args: argparse.Namespace, ctx) -> None:
         if args.pull == "always":
             raise
         raise NotFound(f'image "{args.image}" not found locally, and pulling it failed: {err}')
+
+
+def _limit_options(args: argparse.Namespace) -> dict:
+    """``RunOptions`` fields of the resource flags (``cli.limits``)."""
+    from hutch.cli.limits import resources_from_args
+
+    return {"resources": resources_from_args(args), "cgroup_parent": args.cgroup_parent}
 
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:

@@ -37,6 +37,7 @@ _GROUPS = {
         "attach",
     ),
     "hutch.cli.networks": ("network", "port"),
+    "hutch.cli.limits": ("stats", "update"),
 }
 _GLOBAL_WITH_VALUE = ("--root", "--runroot")
 

@@ -15,9 +15,12 @@ def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
             dest="system_command", metavar="COMMAND"
         )
         _add_info(group.add_parser("info", help="show what this host supports and what hutch holds"))
-        p = group.add_parser("prune", help="remove stopped containers and unused networks, repair state")
-        p.add_argument("-f", "--force", action="store_true", help="do not ask (hutch never asks)")
-        p.set_defaults(handler=cmd_prune)
+        prune = group.add_parser(
+            "prune", help="remove stopped containers, unused networks, orphaned cgroups, dangling images"
+        )
+        prune.add_argument("-a", "--all", action="store_true", help="remove all unused images too")
+        prune.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+        prune.set_defaults(handler=cmd_system_prune)
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
@@ -25,19 +28,46 @@ def _add_info(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_info)
 
 
-def cmd_prune(args: argparse.Namespace, ctx) -> int:
-    """Stopped containers go (as ``container prune``); then what crashed containers still hold on the
-    network (leases, published ports, nft elements) is released and unused user networks removed."""
-    from hutch.engine.networking import prune
+def cmd_system_prune(args: argparse.Namespace, ctx) -> int:
+    """``hutch system prune``: stopped containers, then orphaned cgroups in every hierarchy, then images
+    no container uses (dangling ones, or all with ``-a``); asks first unless ``-f``, as Docker does."""
+    import sys
+
+    from hutch.cli.format import size
+    from hutch.engine.cgroupgc import prune_cgroups
+
+    if not args.force:
+        print(
+            "WARNING! This will remove:\n  - all stopped containers\n"
+            "  - all networks not used by a container\n  - all orphaned hutch cgroups\n"
+            f"  - all {'unused' if args.all else 'dangling'} images\n"
+            "Are you sure you want to continue? [y/N] ",
+            end="",
+            flush=True,
+        )
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            return 0
+    from hutch.engine.networking import prune as prune_networks
 
     containers = ctx.engine.prune()
-    networks = prune(ctx.engine)
-    if containers:
-        print("Deleted Containers:")
-        print("\n".join(containers))
-    if networks:
-        print("Deleted Networks:")
-        print("\n".join(networks))
+    networks = prune_networks(ctx.engine)
+    cgroups = prune_cgroups(ctx.engine)
+    report = ctx.images.prune(all=args.all, in_use=ctx.containers_using_image)
+    for title, items in (
+        ("Deleted Containers:", containers),
+        ("Deleted Networks:", networks),
+        ("Deleted cgroups:", cgroups),
+    ):
+        if items:
+            print(title, *items, sep="\n")
+            print()
+    if report["ImagesDeleted"]:
+        print("Deleted Images:")
+        for entry in report["ImagesDeleted"]:
+            for action, what in entry.items():
+                print(f"{action.lower()}: {what}")
+        print()
+    print(f"Total reclaimed space: {size(report['SpaceReclaimed'])}")
     return 0
 
 

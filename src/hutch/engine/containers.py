@@ -94,7 +94,7 @@ class Engine:
                     "spec": spec,
                     "layers": [str(p) for p in layers],
                     "options": _options_dict(opts),
-                    "cgroup": _cgroup_paths(cid),
+                    "cgroup": _cgroup_paths(cid, opts.cgroup_parent),
                     "stop_signal": image.run_config.get("StopSignal"),
                     "network": network,
                 },
@@ -172,7 +172,12 @@ class Engine:
             raise
         try:
             # Before the init joins: it must never run without the device rules.
-            cgroup.set_devices(rules_from_spec(record.config["spec"]["linux"]["resources"]["devices"]))
+            resources = record.config["spec"]["linux"]["resources"]
+            cgroup.set_devices(rules_from_spec(resources["devices"]))
+            if (
+                len(resources) > 1
+            ):  # limits beyond devices (--memory, --cpus, ...): also before the init joins
+                cgroup.set_resources(resources)
             program = self._seccomp_program(record.config["spec"])
             proc = spawn(
                 spec,
@@ -249,13 +254,15 @@ class Engine:
         """After the init exited: remove the cgroup, record the exit code, and honour ``--rm``."""
         code = exit_code_of(status)
         crash_point("finish:exited")
-        cgroup_of(record).destroy()
+        cgroup = cgroup_of(record)
+        oom_killed = cgroup.oom_kills() > 0  # read before the cgroup and its counters go
+        cgroup.destroy()
         networking.detach(self, record)
         events.emit(self.root, "die", record, exitCode=code)
         current = self.records.get(record.id)
         if current is None or current.state == "removing":
             return code
-        self.records.mark_exited(record.id, code)
+        self.records.mark_exited(record.id, code, oom_killed)
         if record.config.get("options", {}).get("remove"):
             self._delete(record.id)
         return code
@@ -276,13 +283,15 @@ class Engine:
         from hutch.engine.monitor import read_exit_status
 
         status = read_exit_status(self.container_dir(record.id))
-        cgroup_of(record).destroy()
+        cgroup = cgroup_of(record)
+        oom_killed = cgroup.oom_kills() > 0
+        cgroup.destroy()
         networking.detach(self, record)
         if status is not None:
             code = exit_code_of(status)
         else:
             code = 137 if record.exit_code is None else record.exit_code
-        self.records.mark_exited(record.id, code)
+        self.records.mark_exited(record.id, code, oom_killed)
         events.emit(self.root, "die", record, exitCode=code)
         if record.config.get("options", {}).get("remove"):
             self._delete(record.id)
@@ -310,7 +319,7 @@ class Engine:
         removed = []
         for record in self.list(include_stopped=True):
             if record.state in ("created", "exited"):
-                self._delete(record.id)
+                self._delete(record.id)  # its cgroup too
                 removed.append(record.id)
         return removed
 
@@ -379,12 +388,12 @@ def _rmtree(path: Path) -> None:
         pass
 
 
-def _cgroup_paths(cid: str) -> dict[str, str]:
+def _cgroup_paths(cid: str, parent: str | None = None) -> dict[str, str]:
     """Where the container's cgroups will be, fixed at create time: the default parent depends on the cgroup
     of the hutch process that computes it, and a later ``hutch rm`` may run from somewhere else."""
     from hutch.cgroups import open_manager
 
-    return {key: str(path) for key, path in open_manager(cid).paths().items()}
+    return {key: str(path) for key, path in open_manager(cid, parent).paths().items()}
 
 
 def cgroup_of(record: Record):

@@ -22,7 +22,7 @@ def _state(record: Record) -> dict:
         "Running": live,  # Docker says Running for paused and restarting containers too
         "Paused": record.state == "paused",
         "Restarting": record.state == "restarting",
-        "OOMKilled": False,
+        "OOMKilled": bool(record.config.get("oom_killed")),
         "Dead": False,
         "Pid": record.pid if record.state in ("running", "paused") else 0,
         "ExitCode": record.exit_code or 0,
@@ -68,6 +68,35 @@ def _network_settings(engine, record: Record) -> dict:
     return settings(engine, record)
 
 
+def _resources(spec: dict, opts: dict) -> dict:
+    """Docker's HostConfig resource fields from the spec's ``linux.resources`` (0/empty: not set)."""
+    res = spec.get("linux", {}).get("resources", {})
+    mem, cpu, pids, blkio = (res.get(k, {}) for k in ("memory", "cpu", "pids", "blockIO"))
+    period, quota = cpu.get("period", 0), cpu.get("quota", 0)
+    nano = quota * 10**9 // period if quota > 0 and period else 0  # --cpus, as the quota it became
+
+    def throttle(key: str) -> list[dict]:
+        return [{"Path": f"{t['major']}:{t['minor']}", "Rate": t["rate"]} for t in blkio.get(key, [])]
+
+    return {
+        "Memory": mem.get("limit", 0),
+        "MemorySwap": mem.get("swap", 0),
+        "MemoryReservation": mem.get("reservation", 0),
+        "OomKillDisable": mem.get("disableOOMKiller", False),
+        "NanoCpus": nano,
+        "CpuShares": cpu.get("shares", 0),
+        "CpuPeriod": period,
+        "CpuQuota": quota,
+        "CpusetCpus": cpu.get("cpus", ""),
+        "CpusetMems": cpu.get("mems", ""),
+        "PidsLimit": pids.get("limit"),
+        "BlkioWeight": blkio.get("weight", 0),
+        "BlkioDeviceReadBps": throttle("throttleReadBpsDevice"),
+        "BlkioDeviceWriteBps": throttle("throttleWriteBpsDevice"),
+        "CgroupParent": opts.get("cgroup_parent") or "",
+    }
+
+
 def inspect_container(engine, record: Record) -> dict:
     """The container as Docker's JSON, from its record and generated spec."""
     spec = record.config["spec"]
@@ -102,6 +131,7 @@ def inspect_container(engine, record: Record) -> dict:
             "Labels": opts.get("labels") or {},
         },
         "HostConfig": {
+            **_resources(spec, opts),
             "NetworkMode": opts.get("network", "none"),
             "PortBindings": _port_bindings(record),
             "AutoRemove": opts.get("remove", False),

@@ -81,6 +81,9 @@ class RunOptions:
         "dns": list,
         "add_hosts": list,
         "network_aliases": list,
+        # resource limits (issue 4): OCI linux.resources without devices, from hutch.engine.resources
+        "resources": dict,
+        "cgroup_parent": None,
     }
     __slots__ = ("image", *_DEFAULTS)
 
@@ -90,7 +93,7 @@ class RunOptions:
             raise TypeError(f"unknown run options: {sorted(unknown)}")
         self.image = image
         for key, default in self._DEFAULTS.items():
-            value = values[key] if key in values else (default() if default is list else default)
+            value = values[key] if key in values else (default() if default in (list, dict) else default)
             setattr(self, key, value)
 
     def to_dict(self) -> dict:

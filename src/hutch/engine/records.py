@@ -130,7 +130,8 @@ class ContainerRecords:
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE containers SET state='running', pid=?, pid_start=?, reaper=?, started=?,"
-                " exit_code=NULL, finished=NULL, stopped=0 WHERE id=?",
+                " exit_code=NULL, finished=NULL, config=json_remove(config, '$.oom_killed'), stopped=0"
+                " WHERE id=?",
                 (pid, pid_start, reaper, time.time(), cid),
             )
 
@@ -159,11 +160,22 @@ class ContainerRecords:
         with self.db.transaction() as conn:
             conn.execute("UPDATE containers SET restarts=0 WHERE id=?", (cid,))
 
-    def mark_exited(self, cid: str, exit_code: int) -> None:
+    def mark_exited(self, cid: str, exit_code: int, oom_killed: bool = False) -> None:
+        """The container exited; ``oom_killed`` (the kernel's OOM killer struck) lives in the config JSON,
+        set in the same statement, so the table needs no new column and old databases need no migration."""
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE containers SET state='exited', pid=0, exit_code=?, finished=? WHERE id=?",
-                (exit_code, time.time(), cid),
+                "UPDATE containers SET state='exited', pid=0, exit_code=?, finished=?,"
+                " config=json_set(config, '$.oom_killed', json(?)) WHERE id=?",
+                (exit_code, time.time(), "true" if oom_killed else "false", cid),
+            )
+
+    def set_resources(self, cid: str, resources: dict) -> None:
+        """``hutch update``: the spec's ``linux.resources`` replaced in one statement (devices included)."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE containers SET config=json_set(config, '$.spec.linux.resources', json(?)) WHERE id=?",
+                (json.dumps(resources), cid),
             )
 
     def set_state(self, cid: str, state: str) -> None:

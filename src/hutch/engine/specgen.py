@@ -164,7 +164,7 @@ def build_spec(opts: RunOptions, image_config: dict, hostname: str, etc_files: d
             "readonlyPaths": readonly,
             "rootfsPropagation": "rprivate",
             "devices": device_nodes,
-            "resources": {"devices": device_rules},
+            "resources": {"devices": device_rules, **opts.resources},
             **id_maps,
             **({"seccomp": seccomp_filter} if seccomp_filter else {}),
         },
