@@ -20,9 +20,10 @@ STAMP := $(VENV)/.hutch-installed
 
 # Debian packages the tests, the demo and the benchmarks use. APT_EXTRA adds more for one run.
 APT_PACKAGES := python3 python3-venv busybox-static podman crun runc conmon netavark aardvark-dns \
-	catatonit uidmap zstd iproute2 iptables nftables libseccomp2 util-linux gcc libc6-dev
+	catatonit uidmap zstd iproute2 iptables nftables libseccomp2 util-linux gcc libc6-dev \
+	qemu-system-x86 erofs-utils linux-image-cloud-amd64 lz4
 APT_EXTRA ?=
-# Later layers (microVM, registry) will need: qemu-system-x86 erofs-utils docker-registry skopeo
+# Later layers (registry) will need: docker-registry skopeo
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3

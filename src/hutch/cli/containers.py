@@ -80,6 +80,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", action="append", default=[], metavar="HOST[:CTR][:rwm]", help="add a device")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="set an rlimit")
+    p.add_argument(
+        "--isolation",
+        "--runtime",
+        dest="isolation",
+        default="container",
+        help="container (namespaces, default) or vm (the same container inside a QEMU microVM)",
+    )
+    p.add_argument("--vm-accel", default="auto", help="auto (KVM if it works, else TCG), kvm or tcg")
+    p.add_argument("--vm-kernel", metavar="PATH", help="guest kernel bzImage (default /boot/vmlinuz-*cloud*)")
+    p.add_argument("--vm-memory", metavar="SIZE", help="guest RAM, at least 80m (default 128m)")
+    p.add_argument("--vm-cpus", type=int, metavar="N", help="guest vCPUs (default 1)")
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -111,7 +122,9 @@ def run_options(args: argparse.Namespace):
     """``RunOptions`` from parsed ``run``/``create`` flags; bad values fail before anything exists."""
     from hutch.engine.devices import parse_devices
     from hutch.engine.options import (
+        InvalidArgument,
         RunOptions,
+        check_isolation,
         check_network,
         parse_env,
         parse_env_file,
@@ -125,6 +138,10 @@ def run_options(args: argparse.Namespace):
     for path in args.env_file:
         env.extend(parse_env_file(path))
     env.extend(parse_env(args.env))
+    isolation = check_isolation(args.isolation)
+    vm = _vm_options(args) if isolation == "vm" else {}
+    if vm and args.volume:
+        raise InvalidArgument("-v is not supported with --isolation vm yet (virtiofs is planned)")
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = [args.entrypoint] if args.entrypoint else []
@@ -150,8 +167,27 @@ def run_options(args: argparse.Namespace):
         privileged=args.privileged,
         ulimits=[parse_ulimit(u) for u in args.ulimit],
         devices=parse_devices(args.device),
+        isolation=isolation,
+        **vm,
         **parse_security_opts(args.security_opt),
     )
+
+
+def _vm_options(args: argparse.Namespace) -> dict:
+    """The ``--vm-*`` flags, checked before anything is created."""
+    from hutch.engine.options import InvalidArgument, parse_memory_mib
+
+    accel = args.vm_accel
+    if accel not in ("auto", "kvm", "tcg"):
+        raise InvalidArgument(f"invalid --vm-accel {accel!r}: expected auto, kvm or tcg")
+    if args.vm_cpus is not None and not 1 <= args.vm_cpus <= 64:
+        raise InvalidArgument(f"invalid --vm-cpus {args.vm_cpus}: expected 1 to 64")
+    return {
+        "vm_accel": accel,
+        "vm_kernel": os.path.abspath(args.vm_kernel) if args.vm_kernel else None,
+        "vm_memory_mib": parse_memory_mib(args.vm_memory) if args.vm_memory else None,
+        "vm_cpus": args.vm_cpus,
+    }
 
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:

@@ -123,9 +123,26 @@ class Engine:
     # --- start / wait -----------------------------------------------------------------------------------
 
     def start(self, record: Record, stdio: tuple[int, int, int], die_with_parent: bool) -> ContainerProcess:
-        """Create the cgroup and launch the init; the record says running once the command has exec'd."""
+        """Create the cgroup and launch the init; the record says running once the command has exec'd.
+
+        The isolation backend is the record's: namespaces (``runtime``) or a microVM (``vm``, imported only
+        when a container asks for it). Both return a process to wait for and signal.
+        """
         cgroup = cgroup_of(record)
         cgroup.create()
+        if record.config.get("options", {}).get("isolation") == "vm":
+            proc = self._start_vm(record, cgroup, stdio, die_with_parent)
+        else:
+            proc = self._start_container(record, cgroup, stdio, die_with_parent)
+        # This process reaps the init (a foreground hutch run or a monitor); recorded so that others wait for
+        # it to write the exit code instead of declaring the container dead themselves.
+        me = os.getpid()
+        self.records.mark_running(
+            record.id, proc.pid, process_start_time(proc.pid), f"{me}:{process_start_time(me)}"
+        )
+        return proc
+
+    def _start_container(self, record: Record, cgroup, stdio, die_with_parent: bool) -> ContainerProcess:
         try:
             # Before the init joins: it must never run without the device rules.
             cgroup.set_devices(rules_from_spec(record.config["spec"]["linux"]["resources"]["devices"]))
@@ -142,13 +159,27 @@ class Engine:
         except BaseException:
             cgroup.destroy()
             raise
-        # This process reaps the init (a foreground hutch run or a monitor); recorded so that others wait for
-        # it to write the exit code instead of declaring the container dead themselves.
-        me = os.getpid()
-        self.records.mark_running(
-            record.id, proc.pid, process_start_time(proc.pid), f"{me}:{process_start_time(me)}"
-        )
         return proc
+
+    def _start_vm(self, record: Record, cgroup, stdio, die_with_parent: bool) -> ContainerProcess:
+        """The microVM backend: no device rules (QEMU needs /dev/kvm; the guest's devices are its own)."""
+        from hutch.vm import backend
+
+        try:
+            return backend.start(
+                record.config["spec"],
+                [Path(p) for p in record.config["layers"]],
+                record.config["options"],
+                cache=self.root / "cache" / "vm",
+                scratch=self.root / "tmp",
+                state_dir=self.container_dir(record.id),
+                cgroup=cgroup,
+                stdio=stdio,
+                die_with_parent=die_with_parent,
+            )
+        except BaseException:
+            cgroup.destroy()
+            raise
 
     def _seccomp_program(self, spec: dict) -> bytes | None:
         """The container's filter compiled to BPF here, in the parent, and cached per root: compiling

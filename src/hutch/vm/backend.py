@@ -1,0 +1,123 @@
+"""The microVM isolation backend: the same OCI spec and image layers, run behind QEMU's microvm machine.
+
+``start`` prepares what is cached (vmlinux, initramfs, the image's erofs disk, the accelerator verdict),
+writes the guest's stage-2 script, then forks the supervisor (``vm.supervisor``) and waits for its word:
+the guest is up, or why not. What it returns looks like the namespace backend's ContainerProcess: a pid
+to wait for and signal, whose exit status is the command's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from hutch.errors import HutchError
+from hutch.runtime.spawn import ContainerProcess
+from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor
+
+MIN_MEMORY_MIB = 80  # smaller guests deadlock at boot
+DEFAULT_MEMORY_MIB = 128
+
+
+class VmSettings:
+    """The ``--vm-*`` options of one container, as stored in its record."""
+
+    __slots__ = ("accel", "kernel", "memory_mib", "cpus", "boot_timeout")
+
+    def __init__(self, options: dict) -> None:
+        self.accel = options.get("vm_accel") or "auto"
+        self.kernel = options.get("vm_kernel")
+        self.memory_mib = int(options.get("vm_memory_mib") or DEFAULT_MEMORY_MIB)
+        self.cpus = int(options.get("vm_cpus") or 1)
+        self.boot_timeout = float(os.environ.get("HUTCH_VM_BOOT_TIMEOUT", "0") or 0)
+
+
+def prepare(settings: VmSettings, layers: list[Path], cache: Path, scratch: Path) -> dict:
+    """The cached artefacts a guest boots from; builds what is missing."""
+    k = kernel.find_kernel(settings.kernel)
+    vmlinux = kernel.vmlinux(k, cache)
+    initrd = initramfs.cached(k.modules_dir, cache)
+    disk = rootdisk.ensure(cache / "disks", layers, scratch)
+    chosen = accel.choose(settings.accel, vmlinux, initrd, cache)
+    return {"vmlinux": str(vmlinux), "initrd": str(initrd), "disk": str(disk), "accel": chosen}
+
+
+def start(
+    spec: dict,
+    layers: list[Path],
+    options: dict,
+    *,
+    cache: Path,
+    scratch: Path,
+    state_dir: Path,
+    cgroup: object | None,
+    stdio: tuple[int, int, int],
+    die_with_parent: bool,
+) -> ContainerProcess:
+    """Boot the guest for one container and return once its command is about to run (or raise)."""
+    if spec["process"].get("terminal"):
+        raise HutchError("-t is not supported with --isolation vm yet")
+    settings = VmSettings(options)
+    parts = prepare(settings, layers, cache, scratch)
+    ours, theirs = supervisor.port_pairs()
+    argv = qemu.command(
+        kernel=parts["vmlinux"],
+        initrd=parts["initrd"],
+        disk=parts["disk"],
+        accel=parts["accel"],
+        memory_mib=settings.memory_mib,
+        cpus=settings.cpus,
+        port_fds={name: s.fileno() for name, s in theirs.items()},
+        console_log=str(state_dir / "console.log"),
+        khz=qemu.tsc_khz(),
+    )
+    timeout = settings.boot_timeout or (10.0 if parts["accel"] == "kvm" else 60.0)
+    launch = supervisor.Launch(
+        argv,
+        script.stage2(spec, layers),
+        stdio,
+        bool(options.get("interactive")),
+        str(state_dir / "console.log"),
+        str(state_dir / "qemu.log"),
+        timeout,
+        parts["accel"],
+    )
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _supervisor_child(launch, ours, theirs, write_end, cgroup, die_with_parent)
+    os.close(write_end)
+    for s in (*ours.values(), *theirs.values()):
+        s.close()
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    if answer != b"ok":
+        os.waitpid(pid, 0)
+        raise _error(answer)
+    return ContainerProcess(pid)
+
+
+def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent: bool) -> None:
+    try:
+        if die_with_parent:
+            from hutch.linux import syscalls as sc
+
+            sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+        if cgroup is not None:
+            cgroup.add_process(0)  # QEMU, forked next, is born inside the container's cgroup
+    except BaseException as exc:  # noqa: BLE001 - reported to the engine
+        os.write(report, json.dumps({"code": 125, "message": f"microVM: {exc}"}).encode())
+        os._exit(125)
+    supervisor.run(launch, ours, theirs, report)
+
+
+def _error(raw: bytes) -> HutchError:
+    try:
+        record = json.loads(raw)
+        err = HutchError(str(record["message"]))
+        err.exit_code = int(record["code"])
+    except (ValueError, KeyError, TypeError):
+        err = HutchError(f"microVM supervisor failed: {raw[:200]!r}")
+    return err
