@@ -94,13 +94,18 @@ def start(
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read()
     if answer != b"ok":
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
+        if not answer and os.WIFSIGNALED(status):
+            raise HutchError(f"microVM supervisor was killed by signal {os.WTERMSIG(status)} while starting")
         raise _error(answer)
     return ContainerProcess(pid)
 
 
 def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent: bool) -> None:
     try:
+        _own_stdio(launch)
+        keep = {report, *(s.fileno() for s in (*ours.values(), *theirs.values()))}
+        _close_fds_except(keep)
         if die_with_parent:
             from hutch.linux import syscalls as sc
 
@@ -111,6 +116,28 @@ def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent
         os.write(report, json.dumps({"code": 125, "message": f"microVM: {exc}"}).encode())
         os._exit(125)
     supervisor.run(launch, ours, theirs, report)
+
+
+def _own_stdio(launch) -> None:
+    """The container's stdio becomes the supervisor's 0, 1 and 2, so that whatever the caller had there (a
+    ``run -d`` caller's pipes) is not held open by a process that lives as long as the guest."""
+    copies = [os.dup(fd) for fd in launch.stdio]
+    for target, fd in enumerate(copies):
+        os.dup2(fd, target)
+        os.close(fd)
+    launch.stdio = (0, 1, 2)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    """why: the supervisor never execs, so an fd it inherits stays open for the container's lifetime; a
+    caller's pipe (the detached monitor's start-up report) would then never see EOF and hang ``run -d``."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:  # 0-2 are the container's stdio by now
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _error(raw: bytes) -> HutchError:

@@ -49,7 +49,7 @@ def run(
         for s in qemu_ends.values():
             s.close()
         ctl = ports["hutch.ctl"]
-        ctl.sendall(b"%d\n" % len(launch.script) + launch.script.encode())
+        _send(ctl, b"%d\n" % len(launch.script) + launch.script.encode())  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
         if problem:
             _kill(qemu_pid)
@@ -109,7 +109,10 @@ def _await_up(ctl: socket.socket, timeout: float) -> str:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([ctl], [], [], left)[0]:
             return f"the guest did not come up within {timeout:g} s"
-        chunk = ctl.recv(4096)
+        try:
+            chunk = ctl.recv(4096)
+        except OSError:  # ECONNRESET: QEMU died with our script unread
+            chunk = b""
         if not chunk:
             return "QEMU exited before the guest came up"
         buf += chunk

@@ -37,7 +37,8 @@ child=$!
 (
 	while read -r verb arg; do
 		[ "$verb" = signal ] || continue
-		read -r pid1 _ </proc/$child/task/$child/children 2>/dev/null && $B kill -"$arg" "$pid1"
+		pid1=$($B cat /proc/$child/task/$child/children 2>/dev/null)
+		[ -n "$pid1" ] && $B kill -"$arg" $pid1
 	done <&3
 ) &
 wait $child
