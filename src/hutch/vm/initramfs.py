@@ -1,9 +1,11 @@
 """The guest's initramfs: busybox-static, hutch's init script and only the kernel modules the guest needs.
 
-Built once per (kernel release, busybox, init script) and cached. It is an uncompressed newc cpio: the
-kernel unpacks it without a decompressor, which is faster under TCG than saving the bytes. Modules are
-taken with their dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so
-busybox's ``insmod`` needs no decompressor either.
+Built once per (kernel release, busybox, init script) and cached. It is a newc cpio compressed with LZ4
+in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and under
+TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
+time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
+dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's
+``insmod`` needs no decompressor.
 """
 
 from __future__ import annotations
@@ -180,11 +182,28 @@ def cached(modules_dir: Path, cache: Path) -> Path:
         except OSError:
             continue
         key.update(f"{part}:{st.st_size}:{st.st_mtime_ns};".encode())
-    target = cache / f"initramfs-{modules_dir.name}-{key.hexdigest()[:16]}.cpio"
+    prefix = f"initramfs-{modules_dir.name}-"
+    target = cache / f"{prefix}{key.hexdigest()[:16]}.cpio"
     if not target.exists():
         from hutch.fsutil import atomic_write
 
-        data = build(modules_dir)
+        data = compress(build(modules_dir))
         os.makedirs(cache, exist_ok=True)
         atomic_write(target, data, durable=False)
+        for old in cache.glob(f"{prefix}*.cpio"):
+            if old != target:
+                old.unlink(missing_ok=True)  # built for an older busybox, init or module set
     return target
+
+
+def compress(data: bytes) -> bytes:
+    """LZ4 legacy frames (what the kernel's unlz4 reads), else gzip."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["lz4", "-l", "-9", "-c"], input=data, capture_output=True, check=True)
+        return proc.stdout
+    except (OSError, subprocess.CalledProcessError):
+        import gzip
+
+        return gzip.compress(data, 6, mtime=0)
