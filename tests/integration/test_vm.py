@@ -88,6 +88,34 @@ def test_detached_logs_and_stop_forwards_the_signal(hutch, busybox):
     _assert_nothing_left(hutch)
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/lib/qemu/virtiofsd"), reason="needs virtiofsd")
+def test_volumes_over_virtiofs(hutch, busybox, tmp_path):
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    (rw / "in").write_text("from the host\n")
+    (ro / "keep").write_text("untouched\n")
+    script = "cat /data/in; echo from the guest > /data/out; (echo x > /ro/keep) 2>/dev/null || echo refused"
+    result = hutch(
+        "run", "--rm", *VM, "-v", f"{rw}:/data", "-v", f"{ro}:/ro:ro", busybox, "sh", "-c", script,
+        timeout=120,
+    )  # fmt: skip
+    assert (result.code, result.out) == (0, "from the host\nrefused\n"), result.err
+    assert (rw / "out").read_text() == "from the guest\n"
+    assert (ro / "keep").read_text() == "untouched\n"
+    daemons = [p for p in os.listdir("/proc") if p.isdigit() and str(rw).encode() in _cmdline(p)]
+    assert daemons == []  # every virtiofsd is gone
+    _assert_nothing_left(hutch)
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def test_errors_are_one_line_exit_125_and_leave_nothing(hutch, busybox, tmp_path):
     bad_kernel = tmp_path / "not-a-kernel"
     bad_kernel.write_bytes(b"garbage" * 100)

@@ -122,7 +122,6 @@ def run_options(args: argparse.Namespace):
     """``RunOptions`` from parsed ``run``/``create`` flags; bad values fail before anything exists."""
     from hutch.engine.devices import parse_devices
     from hutch.engine.options import (
-        InvalidArgument,
         RunOptions,
         check_isolation,
         check_network,
@@ -140,8 +139,6 @@ def run_options(args: argparse.Namespace):
     env.extend(parse_env(args.env))
     isolation = check_isolation(args.isolation)
     vm = _vm_options(args) if isolation == "vm" else {}
-    if vm and args.volume:
-        raise InvalidArgument("-v is not supported with --isolation vm yet (virtiofs is planned)")
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = [args.entrypoint] if args.entrypoint else []

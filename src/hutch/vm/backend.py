@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hutch.errors import HutchError
 from hutch.runtime.spawn import ContainerProcess
-from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor
+from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor, virtiofs
 
 MIN_MEMORY_MIB = 80  # smaller guests deadlock at boot
 DEFAULT_MEMORY_MIB = 128
@@ -60,6 +60,9 @@ def start(
         raise HutchError("-t is not supported with --isolation vm yet")
     settings = VmSettings(options)
     parts = prepare(settings, layers, cache, scratch)
+    volumes = list(options.get("volumes") or [])
+    shares = virtiofs.shares(state_dir.name, volumes)
+    machine, share_argv = virtiofs.qemu_args(shares, settings.memory_mib)
     ours, theirs = supervisor.port_pairs()
     argv = qemu.command(
         kernel=parts["vmlinux"],
@@ -71,25 +74,29 @@ def start(
         port_fds={name: s.fileno() for name, s in theirs.items()},
         console_log=str(state_dir / "console.log"),
         khz=qemu.tsc_khz(),
+        extra_machine=machine,
+        extra_argv=share_argv,
     )
     timeout = settings.boot_timeout or (10.0 if parts["accel"] == "kvm" else 60.0)
     launch = supervisor.Launch(
-        argv,
-        script.stage2(spec, layers),
-        stdio,
-        bool(options.get("interactive")),
-        str(state_dir / "console.log"),
-        str(state_dir / "qemu.log"),
-        timeout,
-        parts["accel"],
+        argv=argv,
+        script=script.stage2(spec, layers, volumes),
+        stdio=stdio,
+        interactive=bool(options.get("interactive")),
+        console_log=str(state_dir / "console.log"),
+        qemu_log=str(state_dir / "qemu.log"),
+        boot_timeout=timeout,
+        accel=parts["accel"],
+        daemons=[(share.daemon_argv(), share.sock.fileno()) for share in shares],
+        daemon_log=str(state_dir / "virtiofsd.log"),
     )
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _supervisor_child(launch, ours, theirs, write_end, cgroup, die_with_parent)
+        _supervisor_child(launch, ours, theirs, write_end, cgroup, die_with_parent)  # never returns
     os.close(write_end)
-    for s in (*ours.values(), *theirs.values()):
+    for s in (*ours.values(), *theirs.values(), *(share.sock for share in shares)):
         s.close()
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read()
@@ -105,6 +112,7 @@ def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent
     try:
         _own_stdio(launch)
         keep = {report, *(s.fileno() for s in (*ours.values(), *theirs.values()))}
+        keep.update(fd for _argv, fd in launch.daemons)
         _close_fds_except(keep)
         if die_with_parent:
             from hutch.linux import syscalls as sc

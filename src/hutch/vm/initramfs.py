@@ -21,6 +21,8 @@ BUSYBOX = "/bin/busybox"
 # What a read-only erofs root under a tmpfs overlay with stdio on virtio-serial needs. virtio_mmio finds
 # the microvm's devices (through ACPI); libcrc32c is erofs's only dependency.
 MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "erofs", "overlay")
+# Loaded by the stage-2 script only when the container has volumes (virtiofs needs fuse).
+VOLUME_MODULES = ("virtiofs",)
 _DATA = Path(__file__).with_name("data")
 
 
@@ -163,12 +165,14 @@ def build(modules_dir: Path) -> bytes:
     _dev_template(cpio)
     cpio.file("bin/busybox", busybox, 0o755)
     cpio.symlink("bin/sh", "busybox")
-    names = []
-    for path in order:
-        name = module_name(path) + ".ko"
-        cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path))
-        names.append(name)
-    cpio.file("modules", ("\n".join(names) + "\n").encode())
+    volume_order = [p for p in load_order(VOLUME_MODULES, deps, _builtin(modules_dir)) if p not in order]
+    for listing, paths in (("modules", order), ("modules.volumes", volume_order)):
+        names = []
+        for path in paths:
+            name = module_name(path) + ".ko"
+            cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path))
+            names.append(name)
+        cpio.file(listing, ("\n".join(names) + "\n").encode())
     cpio.file("init", (_DATA / "init.sh").read_bytes(), 0o755)
     return cpio.finish()
 

@@ -49,12 +49,14 @@ def command(
     khz: int,
     qmp_fd: int | None = None,
     extra_cmdline: str = "",
+    extra_machine: str = "",
+    extra_argv: list[str] | None = None,
 ) -> list[str]:
     """argv for one guest; ``port_fds`` maps each port name to a connected socket fd QEMU inherits."""
     argv = [
         QEMU,
         "-M",
-        "microvm,pit=on,rtc=on,pic=on,isa-serial=on",
+        "microvm,pit=on,rtc=on,pic=on,isa-serial=on" + extra_machine,
         "-accel",
         accel,
         "-m",
@@ -92,6 +94,7 @@ def command(
             "-device",
             f"virtserialport,chardev=p{nr},name={name},nr={nr}",
         ]
+    argv += extra_argv or []
     if qmp_fd is not None:
         argv += ["-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control"]
     return argv

@@ -89,6 +89,18 @@ def _tmpfs_lines(spec: dict) -> list[str]:
     return lines
 
 
+def _volume_lines(volumes: list[dict]) -> list[str]:
+    """``-v`` volumes, each a virtiofs share tagged ``vol<N>`` (see vm/virtiofs.py)."""
+    if not volumes:
+        return []
+    lines = ["for m in $(cat /modules.volumes); do insmod /lib/modules/$m; done"]
+    for n, vol in enumerate(volumes):
+        target = q(ROOT + vol["destination"])
+        ro = " -o ro" if vol.get("readonly") else ""
+        lines += [f"mkdir -p {target}", f"mount -t virtiofs{ro} vol{n} {target}"]
+    return lines
+
+
 def _environment(spec: dict, user: ExecUser) -> list[str]:
     env = list(spec["process"].get("env", []))
     if not any(item.startswith("HOME=") for item in env):
@@ -96,7 +108,7 @@ def _environment(spec: dict, user: ExecUser) -> list[str]:
     return env
 
 
-def stage2(spec: dict, layers: list[Path]) -> str:
+def stage2(spec: dict, layers: list[Path], volumes: list[dict] | None = None) -> str:
     """The whole script; values quoted, so a hostile image config or ``-e`` cannot inject commands."""
     proc = spec["process"]
     user = exec_user(spec, layers)
@@ -109,6 +121,7 @@ def stage2(spec: dict, layers: list[Path]) -> str:
         *_dev_lines(),
         *_etc_lines(spec),
         *_tmpfs_lines(spec),
+        *_volume_lines(volumes or []),
         f"hostname {q(spec.get('hostname') or 'localhost')}",
     ]
     if spec.get("root", {}).get("readonly"):

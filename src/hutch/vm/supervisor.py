@@ -25,17 +25,23 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 class Launch:
     """Everything the supervisor needs; built by the backend before the fork."""
 
-    __slots__ = ("argv", "script", "stdio", "interactive", "console_log", "qemu_log", "boot_timeout", "accel")
+    __slots__ = (
+        "argv",
+        "script",
+        "stdio",
+        "interactive",
+        "console_log",
+        "qemu_log",
+        "boot_timeout",
+        "accel",
+        "daemons",
+        "daemon_log",
+    )
 
-    def __init__(self, argv, script, stdio, interactive, console_log, qemu_log, boot_timeout, accel) -> None:
-        self.argv = argv
-        self.script = script
-        self.stdio = stdio
-        self.interactive = interactive
-        self.console_log = console_log
-        self.qemu_log = qemu_log
-        self.boot_timeout = boot_timeout
-        self.accel = accel
+    def __init__(self, **values) -> None:
+        # argv: QEMU's; script: the guest's stage 2; daemons: (argv, listening fd) of each virtiofsd.
+        for name in self.__slots__:
+            setattr(self, name, values[name])
 
 
 def run(
@@ -44,7 +50,9 @@ def run(
     """The supervisor's whole life; never returns."""
     code = 125
     qemu_pid = 0
+    helpers: list[int] = []
     try:
+        helpers = [_start_helper(argv, fd, launch.daemon_log) for argv, fd in launch.daemons]
         qemu_pid = _start_qemu(launch, qemu_ends)
         for s in qemu_ends.values():
             s.close()
@@ -52,7 +60,8 @@ def run(
         _send(ctl, b"%d\n" % len(launch.script) + launch.script.encode())  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
         if problem:
-            _kill(qemu_pid)
+            for pid in (qemu_pid, *helpers):
+                _kill(pid)
             os.write(report, json.dumps({"code": 125, "message": _failure(launch, problem)}).encode())
             os._exit(125)
         for sig in FORWARDED:
@@ -63,11 +72,14 @@ def run(
         os.close(report)
         code = _relay(launch, ports)
         _, status = os.waitpid(qemu_pid, 0)
+        for pid in helpers:
+            _kill(pid)
         if code is None:
             code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else 125
     except BaseException as exc:  # noqa: BLE001 - reported to the engine; nothing may be left running
-        if qemu_pid:
-            _kill(qemu_pid)
+        for pid in (qemu_pid, *helpers):
+            if pid:
+                _kill(pid)
         try:
             os.write(report, json.dumps({"code": 125, "message": f"microVM: {exc}"}).encode())
         except OSError:
@@ -98,6 +110,28 @@ def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket]) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.execvp(launch.argv[0], launch.argv)
     except BaseException:  # noqa: BLE001 - the parent sees the exit and reports QEMU's log
+        os._exit(127)
+
+
+def _start_helper(argv: list[str], keep_fd: int, log_path: str) -> int:
+    """A virtiofsd: dies with the supervisor, inherits only its listening socket."""
+    pid = os.fork()
+    if pid != 0:
+        os.close(keep_fd)
+        return pid
+    try:
+        from hutch.linux import syscalls as sc
+
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.set_inheritable(keep_fd, True)
+        null = os.open("/dev/null", os.O_RDWR)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(log, 2)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.execv(argv[0], argv)
+    except BaseException:  # noqa: BLE001 - QEMU then fails to connect, and that is reported
         os._exit(127)
 
 
