@@ -59,6 +59,10 @@ def run(
         ctl = ports["hutch.ctl"]
         _send(ctl, b"%d\n" % len(launch.script) + launch.script.encode())  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
+        if problem.startswith("the guest did not come up"):
+            from hutch.vm import qmp
+
+            problem += f" (QEMU status: {qmp.status_then_quit(ports['qmp'])})"
         if problem:
             for pid in (qemu_pid, *helpers):
                 _kill(pid)
@@ -245,7 +249,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def port_pairs() -> tuple[dict[str, socket.socket], dict[str, socket.socket]]:
     """One connected socket pair per port: our ends, and the ends QEMU inherits (no socket files)."""
     ours, theirs = {}, {}
-    for name in PORTS:
+    for name in (*PORTS, "qmp"):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours[name], theirs[name] = a, b
     return ours, theirs
