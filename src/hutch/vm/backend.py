@@ -61,9 +61,19 @@ def start(
     settings = VmSettings(options)
     parts = prepare(settings, layers, cache, scratch)
     volumes = list(options.get("volumes") or [])
+    stage2 = script.stage2(spec, layers, volumes)  # a bad --user fails here, before anything is made
     shares = virtiofs.shares(state_dir.name, volumes)
-    machine, share_argv = virtiofs.qemu_args(shares, settings.memory_mib)
     ours, theirs = supervisor.port_pairs()
+    try:
+        launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
+        return _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
+    finally:
+        for s in (*ours.values(), *theirs.values(), *(share.sock for share in shares)):
+            s.close()  # a second close (after the fork) is a no-op
+
+
+def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
+    machine, share_argv = virtiofs.qemu_args(shares, settings.memory_mib)
     argv = qemu.command(
         kernel=parts["vmlinux"],
         initrd=parts["initrd"],
@@ -79,9 +89,9 @@ def start(
         extra_argv=share_argv,
     )
     timeout = settings.boot_timeout or (10.0 if parts["accel"] == "kvm" else 60.0)
-    launch = supervisor.Launch(
+    return supervisor.Launch(
         argv=argv,
-        script=script.stage2(spec, layers, volumes),
+        script=stage2,
         stdio=stdio,
         interactive=bool(options.get("interactive")),
         console_log=str(state_dir / "console.log"),
@@ -91,13 +101,18 @@ def start(
         daemons=[(share.daemon_argv(), share.sock.fileno()) for share in shares],
         daemon_log=str(state_dir / "virtiofsd.log"),
     )
+
+
+def _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent: bool) -> ContainerProcess:
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         _supervisor_child(launch, ours, theirs, write_end, cgroup, die_with_parent)  # never returns
     os.close(write_end)
-    for s in (*ours.values(), *theirs.values(), *(share.sock for share in shares)):
+    # why now: while this process holds QEMU's ends of the sockets, QEMU dying early shows the supervisor
+    # no EOF, and the start would wait for the full boot deadline.
+    for s in (*ours.values(), *theirs.values()):
         s.close()
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read()

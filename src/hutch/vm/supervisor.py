@@ -143,7 +143,7 @@ def _await_up(ctl: socket.socket, timeout: float) -> str:
     """Wait for the guest's "up"; an error string on timeout, a guest failure or QEMU's exit."""
     deadline = time.monotonic() + timeout
     buf = b""
-    while b"\n" not in buf:
+    while b"\n" not in buf.removeprefix(b"ready\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([ctl], [], [], left)[0]:
             return f"the guest did not come up within {timeout:g} s"
@@ -154,7 +154,7 @@ def _await_up(ctl: socket.socket, timeout: float) -> str:
         if not chunk:
             return "QEMU exited before the guest came up"
         buf += chunk
-    line = buf.split(b"\n", 1)[0].decode(errors="replace")
+    line = buf.removeprefix(b"ready\n").split(b"\n", 1)[0].decode(errors="replace")
     return "" if line == "up" else f"guest init: {line.removeprefix('fail ')}"
 
 
