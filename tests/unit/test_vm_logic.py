@@ -106,7 +106,7 @@ def test_qemu_command_has_the_measured_recipe():
     assert "tsc_early_khz=2445404" in argv[argv.index("-append") + 1]
     assert "-nodefaults" in argv and argv[argv.index("-m") + 1] == "128M"
     assert "socket,id=p1,fd=10" in joined and "name=hutch.ctl" in joined
-    assert "readonly=on" in joined
+    assert "driver=raw,node-name=root,file=disk,read-only=on" in joined
 
 
 def test_memory_and_isolation_flags():

@@ -91,6 +91,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vm-kernel", metavar="PATH", help="guest kernel bzImage (default /boot/vmlinuz-*cloud*)")
     p.add_argument("--vm-memory", metavar="SIZE", help="guest RAM, at least 80m (default 128m)")
     p.add_argument("--vm-cpus", type=int, metavar="N", help="guest vCPUs (default 1)")
+    p.add_argument(
+        "--vm-template", default="on", choices=["on", "off"], help="restore a pre-booted guest (default on)"
+    )
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -184,6 +187,7 @@ def _vm_options(args: argparse.Namespace) -> dict:
         "vm_kernel": os.path.abspath(args.vm_kernel) if args.vm_kernel else None,
         "vm_memory_mib": parse_memory_mib(args.vm_memory) if args.vm_memory else None,
         "vm_cpus": args.vm_cpus,
+        "vm_template": args.vm_template,
     }
 
 

@@ -69,6 +69,7 @@ class RunOptions:
         "vm_kernel": None,
         "vm_memory_mib": None,
         "vm_cpus": None,
+        "vm_template": "on",
     }
     __slots__ = ("image", *_DEFAULTS)
 

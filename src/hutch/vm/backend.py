@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hutch.errors import HutchError
 from hutch.runtime.spawn import ContainerProcess
-from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor, virtiofs
+from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
 
 MIN_MEMORY_MIB = 80  # smaller guests deadlock at boot
 DEFAULT_MEMORY_MIB = 128
@@ -23,7 +23,7 @@ DEFAULT_MEMORY_MIB = 128
 class VmSettings:
     """The ``--vm-*`` options of one container, as stored in its record."""
 
-    __slots__ = ("accel", "kernel", "memory_mib", "cpus", "boot_timeout")
+    __slots__ = ("accel", "kernel", "memory_mib", "cpus", "boot_timeout", "template")
 
     def __init__(self, options: dict) -> None:
         self.accel = options.get("vm_accel") or "auto"
@@ -31,6 +31,7 @@ class VmSettings:
         self.memory_mib = int(options.get("vm_memory_mib") or DEFAULT_MEMORY_MIB)
         self.cpus = int(options.get("vm_cpus") or 1)
         self.boot_timeout = float(os.environ.get("HUTCH_VM_BOOT_TIMEOUT", "0") or 0)
+        self.template = options.get("vm_template", "on") != "off" and not options.get("volumes")
 
 
 def prepare(settings: VmSettings, layers: list[Path], cache: Path, scratch: Path) -> dict:
@@ -65,6 +66,8 @@ def start(
     shares = virtiofs.shares(state_dir.name, volumes)
     ours, theirs = supervisor.port_pairs()
     try:
+        if settings.template:
+            _template_for(settings, parts, cache, state_dir)
         launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
         return _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
     finally:
@@ -72,12 +75,17 @@ def start(
             s.close()  # a second close (after the fork) is a no-op
 
 
-def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
-    machine, share_argv = virtiofs.qemu_args(shares, settings.memory_mib)
-    argv = qemu.command(
+def _timeout(settings: VmSettings, parts: dict) -> float:
+    return settings.boot_timeout or (10.0 if parts["accel"] == "kvm" else 60.0)
+
+
+def _argv(settings, parts, theirs, state_dir: Path, shares=()) -> list[str]:
+    """QEMU's argv; with a template, the disk is the placeholder the template was booted with."""
+    machine, share_argv = virtiofs.qemu_args(list(shares), settings.memory_mib)
+    return qemu.command(
         kernel=parts["vmlinux"],
         initrd=parts["initrd"],
-        disk=parts["disk"],
+        disk=parts["placeholder"] if settings.template else parts["disk"],
         accel=parts["accel"],
         memory_mib=settings.memory_mib,
         cpus=settings.cpus,
@@ -86,9 +94,30 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         console_log=str(state_dir / "console.log"),
         khz=qemu.tsc_khz(),
         extra_machine=machine,
-        extra_argv=share_argv,
+        extra_argv=share_argv + (["-incoming", "defer"] if parts.get("template") else []),
     )
-    timeout = settings.boot_timeout or (10.0 if parts["accel"] == "kvm" else 60.0)
+
+
+def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Path) -> None:
+    """Find or build the template this guest restores from (parts gains "placeholder" and "template")."""
+    parts["placeholder"] = str(template.placeholder(cache))
+    path = template.template_path(
+        cache, parts["vmlinux"], parts["initrd"], settings.memory_mib, settings.cpus, parts["accel"]
+    )
+    if not path.exists():
+        ours, theirs = supervisor.port_pairs()
+        try:
+            argv = _argv(settings, parts, theirs, state_dir)
+            template.build(path, argv, theirs, ours, _timeout(settings, parts))
+        finally:
+            for s in (*ours.values(), *theirs.values()):
+                s.close()
+    parts["template"] = str(path)
+
+
+def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
+    argv = _argv(settings, parts, theirs, state_dir, shares)
+    timeout = _timeout(settings, parts)
     return supervisor.Launch(
         argv=argv,
         script=stage2,
@@ -100,6 +129,7 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         accel=parts["accel"],
         daemons=[(share.daemon_argv(), share.sock.fileno()) for share in shares],
         daemon_log=str(state_dir / "virtiofsd.log"),
+        restore=(parts["template"], parts["disk"]) if parts.get("template") else None,
     )
 
 

@@ -79,9 +79,12 @@ def command(
         "chardev:con",
     ]
     if disk is not None:
+        # Named nodes (not -drive), so a restored template can swap the file under "root" over QMP.
         argv += [
-            "-drive",
-            f"file={disk},format=raw,if=none,id=root,readonly=on",
+            "-blockdev",
+            f"driver=file,node-name=disk,filename={disk},read-only=on",
+            "-blockdev",
+            "driver=raw,node-name=root,file=disk,read-only=on",
             "-device",
             "virtio-blk-device,drive=root",
         ]

@@ -16,6 +16,7 @@ import select
 import signal
 import socket
 import time
+from pathlib import Path
 
 from hutch.vm.qemu import PORTS
 
@@ -36,6 +37,7 @@ class Launch:
         "accel",
         "daemons",
         "daemon_log",
+        "restore",
     )
 
     def __init__(self, **values) -> None:
@@ -57,6 +59,8 @@ def run(
         for s in qemu_ends.values():
             s.close()
         ctl = ports["hutch.ctl"]
+        if launch.restore is not None:
+            _restore(launch, ports["qmp"])
         _send(ctl, b"%d\n" % len(launch.script) + launch.script.encode())  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
         if problem.startswith("the guest did not come up"):
@@ -115,6 +119,21 @@ def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket]) -> int:
         os.execvp(launch.argv[0], launch.argv)
     except BaseException:  # noqa: BLE001 - the parent sees the exit and reports QEMU's log
         os._exit(127)
+
+
+def _restore(launch: Launch, qmp_sock: socket.socket) -> None:
+    """Load the template into the QEMU just started with ``-incoming defer`` and give it the image disk.
+    A template that does not load is deleted, so the next start builds a fresh one."""
+    from hutch.vm import qmp, template
+
+    path, disk = launch.restore
+    try:
+        template.restore(
+            qmp.Qmp(qmp_sock, timeout=launch.boot_timeout), Path(path), disk, launch.boot_timeout
+        )
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
 
 
 def _start_helper(argv: list[str], keep_fd: int, log_path: str) -> int:
