@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """microVM start latency and memory: ``hutch run --isolation vm`` against a bare QEMU boot, in one run.
 
-- launch-to-exit of ``true``: ``hutch run --rm --isolation vm busybox true`` vs a bare
+- launch-to-exit of ``true``: ``hutch run --rm --isolation vm busybox true``, restored from the
+  pre-booted template (the default) and booted cold (``--vm-template off``), vs a bare
   ``qemu-system-x86_64 -M microvm`` booting the very same vmlinux and initramfs straight into
   ``busybox poweroff -f`` (no modules, no disk, no hutch): the floor hutch's cold boot is measured against.
   Rounds are interleaved so a noisy machine slows both alike; medians are reported.
 - phases: the guest's own uptime when the container's command runs (kernel boot + hutch's init), and
   hutch's host-side time around it (start-up, image and cache look-ups, QEMU start, tear-down).
-- host memory: PSS of QEMU (and of hutch's supervisor) for an idle detached guest, and of a bare idle QEMU.
+- host memory: PSS of QEMU (and of hutch's supervisor) for an idle detached guest (a template clone), and
+  of a bare idle QEMU.
 
     .venv/bin/python bench/vm.py [--runs 5] [--accel tcg] [--json out.json]
 
@@ -133,18 +135,20 @@ def main() -> int:
         hutch(root, "run", "--rm", *vm, "busybox", "true", capture_output=True).check_returncode()
         first_ms = (time.perf_counter() - first) * 1000
         accel = args.accel if args.accel != "auto" else "tcg"
-        samples: dict[str, list[float]] = {"hutch_vm": [], "bare_qemu": [], "guest_uptime_at_command": []}
+        names = ["hutch_vm_template", "hutch_vm_cold", "bare_qemu"]
+        samples: dict[str, list[float]] = {name: [] for name in (*names, "guest_uptime_at_command")}
         for i in range(args.runs):
-            order = ["hutch_vm", "bare_qemu"] if i % 2 == 0 else ["bare_qemu", "hutch_vm"]
+            order = names[i % 3 :] + names[: i % 3]
             for name in order:
-                if name == "hutch_vm":
-                    cmd = [*vm, "busybox", "true"]
+                if name.startswith("hutch_vm"):
+                    mode = "off" if name == "hutch_vm_cold" else "on"
+                    cmd = [*vm, "--vm-template", mode, "busybox", "true"]
                     ms = timed(lambda cmd=cmd: hutch(root, "run", "--rm", *cmd, capture_output=True))
                 else:
                     argv = bare_argv(root, accel, "poweroff -f")
                     ms = timed(lambda argv=argv: subprocess.run(argv, capture_output=True, text=True))
                 samples[name].append(ms)
-            probe = ("run", "--rm", *vm, "busybox", "cat", "/proc/uptime")
+            probe = ("run", "--rm", *vm, "--vm-template", "off", "busybox", "cat", "/proc/uptime")
             up = hutch(root, *probe, capture_output=True, text=True)
             samples["guest_uptime_at_command"].append(float(up.stdout.split()[0]) * 1000)
         result = {
@@ -155,7 +159,9 @@ def main() -> int:
             "initramfs_bytes": next((root / "cache" / "vm").glob("initramfs-*.cpio")).stat().st_size,
             **idle_memory(root, accel),
         }
-        result["overhead_vs_bare"] = round(result["hutch_vm_median_ms"] / result["bare_qemu_median_ms"], 2)
+        bare = result["bare_qemu_median_ms"]
+        result["cold_vs_bare"] = round(result["hutch_vm_cold_median_ms"] / bare, 2)
+        result["template_vs_bare"] = round(result["hutch_vm_template_median_ms"] / bare, 2)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
