@@ -79,9 +79,14 @@ def _timeout(settings: VmSettings, parts: dict) -> float:
     return settings.boot_timeout or (10.0 if parts["accel"] == "kvm" else 60.0)
 
 
-def _argv(settings, parts, theirs, state_dir: Path, shares=()) -> list[str]:
-    """QEMU's argv; with a template, the disk is the placeholder the template was booted with."""
+def _argv(
+    settings, parts, theirs, state_dir: Path, shares=(), ram: tuple[Path, bool] | None = None
+) -> list[str]:
+    """QEMU's argv; with a template, the disk is the placeholder the template was booted with and the RAM
+    the template's file (``ram``: path, shared)."""
     machine, share_argv = virtiofs.qemu_args(list(shares), settings.memory_mib)
+    if ram is not None:
+        machine, share_argv = template.ram_args(ram[0], settings.memory_mib, ram[1])
     return qemu.command(
         kernel=parts["vmlinux"],
         initrd=parts["initrd"],
@@ -107,8 +112,9 @@ def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Pat
     if not path.exists():
         ours, theirs = supervisor.port_pairs()
         try:
-            argv = _argv(settings, parts, theirs, state_dir)
-            template.build(path, argv, theirs, ours, _timeout(settings, parts))
+            ram_tmp = path.with_name(f".{path.stem}.ram.tmp-{os.getpid()}")
+            argv = _argv(settings, parts, theirs, state_dir, ram=(ram_tmp, True))
+            template.build(path, argv, theirs, ours, _timeout(settings, parts), ram_tmp)
         finally:
             for s in (*ours.values(), *theirs.values()):
                 s.close()
@@ -116,7 +122,8 @@ def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Pat
 
 
 def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
-    argv = _argv(settings, parts, theirs, state_dir, shares)
+    ram = (template.ram_path(Path(parts["template"])), False) if parts.get("template") else None
+    argv = _argv(settings, parts, theirs, state_dir, shares, ram)
     timeout = _timeout(settings, parts)
     return supervisor.Launch(
         argv=argv,

@@ -13,16 +13,23 @@ mount -t devtmpfs dev /dev
 # hutch's KVM probe: reaching this line is the proof the accelerator runs this kernel.
 case " $(cat /proc/cmdline) " in *" hutch.probe "*) echo hutch-probe-ok >/dev/ttyS0 && poweroff -f ;; esac
 for m in $(cat /modules); do insmod "/lib/modules/$m" || fail "insmod $m"; done
-for p in /sys/class/virtio-ports/*; do
-	read -r n <"$p/name"
-	case "$n" in
-	hutch.ctl) CTL=/dev/${p##*/} ;;
-	hutch.stdin) IN=/dev/${p##*/} ;;
-	hutch.stdout) OUT=/dev/${p##*/} ;;
-	hutch.stderr) ERR=/dev/${p##*/} ;;
-	esac
+# Port names reach the guest asynchronously after the ports appear: look until all four are named.
+tries=0
+until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
+	for p in /sys/class/virtio-ports/*; do
+		n=
+		read -r n 2>/dev/null <"$p/name"
+		case "$n" in
+		hutch.ctl) CTL=/dev/${p##*/} ;;
+		hutch.stdin) IN=/dev/${p##*/} ;;
+		hutch.stdout) OUT=/dev/${p##*/} ;;
+		hutch.stderr) ERR=/dev/${p##*/} ;;
+		esac
+	done
+	tries=$((tries + 1))
+	[ "$tries" -lt 1000 ] || fail "virtio-serial ports not found"
+	[ -n "$ERR" ] || sleep 0.01
 done
-[ -n "$CTL" ] || fail "no control port"
 exec 3<>"$CTL"
 # "ready": booted and waiting for a container. A template (snapshot) is taken at this point; the image's
 # disk is read only after the config arrives, so a restored clone can be handed another image's disk.
