@@ -136,3 +136,15 @@ def test_kernel_release_and_payload_of_the_host_cloud_kernel():
     data = kernel.payload(path.read_bytes())
     magics = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"\x02\x21\x4c\x18")
     assert any(data.startswith(m) for m in magics)
+
+
+def test_template_ram_is_shared_while_built_and_private_in_clones(tmp_path):
+    from hutch.vm import template
+
+    path = template.template_path(tmp_path, "/k", "/i", 128, 1, "tcg")
+    assert path != template.template_path(tmp_path, "/k", "/i", 256, 1, "tcg")  # memory is in the key
+    ram = template.ram_path(path)
+    machine, built = template.ram_args(ram, 128, share=True)
+    _, clone = template.ram_args(ram, 128, share=False)
+    assert machine == ",memory-backend=mem"
+    assert built[1].endswith(f"mem-path={ram},share=on") and clone[1].endswith(f"mem-path={ram},share=off")
