@@ -86,6 +86,8 @@ def test_detached_logs_and_stop_forwards_the_signal(hutch, busybox):
     while "started" not in hutch.ok("logs", "v") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(_qemu_pids(hutch.root)) == 1
+    refused = hutch("exec", "v", "id")  # its pid is a host process: exec must not join its namespaces
+    assert refused.code == 125 and "not supported with --isolation vm" in refused.err
     hutch.ok("stop", "v", timeout=60)
     assert hutch.ok("logs", "v") == "started\ngot term\n"
     assert "Exited (3)" in hutch.ok("ps", "-a")
