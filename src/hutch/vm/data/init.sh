@@ -31,15 +31,14 @@ until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
 	[ -n "$ERR" ] || sleep 0.01
 done
 exec 3<>"$CTL"
+mount -t tmpfs -o mode=0755 rw /rw
+mkdir -p /rw/upper /rw/work
 # "ready": booted and waiting for a container. A template (snapshot) is taken at this point; the image's
 # disk is read only after the config arrives, so a restored clone can be handed another image's disk.
 echo ready >&3
 read -r size <&3
 head -c "$size" <&3 >/stage2 || fail "read config"
-mkdir -p /lower /rw /newroot
 mount -t erofs -o ro /dev/vda /lower || fail "mount root disk"
-mount -t tmpfs -o mode=0755 rw /rw
-mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail overlay
 echo up >&3
 unshare -m -p -u -i -f /bin/busybox sh /stage2 <"${IN:-/dev/null}" >"$OUT" 2>"$ERR" &
