@@ -175,11 +175,9 @@ def run_options(args: argparse.Namespace):
 
 def _vm_options(args: argparse.Namespace) -> dict:
     """The ``--vm-*`` flags, checked before anything is created."""
-    from hutch.engine.options import InvalidArgument, parse_memory_mib
+    from hutch.engine.options import InvalidArgument, check_vm_accel, parse_memory_mib
 
-    accel = args.vm_accel
-    if accel not in ("auto", "kvm", "tcg"):
-        raise InvalidArgument(f"invalid --vm-accel {accel!r}: expected auto, kvm or tcg")
+    accel = check_vm_accel(args.vm_accel)
     if args.vm_cpus is not None and not 1 <= args.vm_cpus <= 64:
         raise InvalidArgument(f"invalid --vm-cpus {args.vm_cpus}: expected 1 to 64")
     return {

@@ -241,6 +241,13 @@ def check_isolation(value: str) -> str:
     raise InvalidArgument(f"invalid --isolation {value!r}: expected container or vm")
 
 
+def check_vm_accel(value: str) -> str:
+    """``--vm-accel``: ``auto`` (KVM when it runs the guest kernel, else TCG), ``kvm`` or ``tcg``."""
+    if value not in ("auto", "kvm", "tcg"):
+        raise InvalidArgument(f"invalid --vm-accel {value!r}: expected auto, kvm or tcg")
+    return value
+
+
 def parse_memory_mib(text: str, minimum: int = 80) -> int:
     """``128m``, ``1g``, ``268435456`` (bytes) -> MiB; at least ``minimum`` (smaller guests hang at boot)."""
     units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}

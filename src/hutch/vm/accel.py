@@ -15,18 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from hutch.errors import InvalidArgument
 from hutch.vm import qemu
 
-CHOICES = ("auto", "kvm", "tcg")
 PROBE_DEADLINE = 4.0
 MARKER = b"hutch-probe-ok"
-
-
-def check(choice: str) -> str:
-    if choice not in CHOICES:
-        raise InvalidArgument(f"invalid --vm-accel {choice!r}: expected auto, kvm or tcg")
-    return choice
 
 
 def _boot_id() -> str:

@@ -9,7 +9,6 @@ every path, success, failure or a kill, and the host's mount table never sees it
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from hutch.errors import HutchError
@@ -88,12 +87,3 @@ def _child(base: Path, lower: str, merged: Path, out: Path, report: int) -> None
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then this child exits
         os.write(report, str(exc).encode())
     os._exit(1)
-
-
-def mkfs_version() -> str:
-    """For ``hutch info`` and error messages."""
-    try:
-        out = subprocess.run(["mkfs.erofs", "-V"], capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        return ""
-    return out.stdout.strip()
