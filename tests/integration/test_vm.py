@@ -165,3 +165,28 @@ def test_kvm_cold_boot(hutch, busybox):
     assert result.code == 0, result.err
     assert time.monotonic() - start < 5
     _assert_nothing_left(hutch)
+
+
+def test_foreground_run_forwards_signals_into_the_guest(hutch, busybox):
+    import signal
+    import subprocess
+
+    script = 'trap "echo got int; exit 5" INT; echo ready; while :; do sleep 1; done'
+    proc = subprocess.Popen(
+        hutch.argv("run", "--rm", *VM, busybox, "sh", "-c", script),
+        env=hutch.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (5, "got int\n"), err
+    _assert_nothing_left(hutch)

@@ -41,17 +41,21 @@ head -c "$size" <&3 >/stage2 || fail "read config"
 mount -t erofs -o ro /dev/vda /lower || fail "mount root disk"
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail overlay
 echo up >&3
-unshare -m -p -u -i -f /bin/busybox sh /stage2 <"${IN:-/dev/null}" >"$OUT" 2>"$ERR" &
-child=$!
-# The host's signals arrive as "signal N" lines; they go to the container's pid 1 (the child of unshare).
+# The host's signals arrive as "signal N" lines; they go to the container's pid 1, the child of the unshare
+# below (found through /proc: this loop runs first, in the background, so that the container is not an
+# asynchronous list, whose SIGINT and SIGQUIT a non-interactive shell ignores and a trap cannot restore).
 (
 	while read -r verb arg; do
 		[ "$verb" = signal ] || continue
-		pid1=$(cat /proc/$child/task/$child/children 2>/dev/null)
-		[ -n "$pid1" ] && kill -"$arg" $pid1
+		for p in $(cat /proc/1/task/1/children); do
+			read -r comm <"/proc/$p/comm" 2>/dev/null
+			[ "$comm" = unshare ] || continue
+			pid1=$(cat "/proc/$p/task/$p/children" 2>/dev/null)
+			[ -n "$pid1" ] && kill -"$arg" $pid1
+		done
 	done <&3
 ) &
-wait $child
+unshare -m -p -u -i -f /bin/busybox sh /stage2 <"${IN:-/dev/null}" >"$OUT" 2>"$ERR"
 code=$?
 echo "exit $code" >&3
 sync
