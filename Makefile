@@ -24,8 +24,9 @@ APT_PACKAGES := python3 python3-venv busybox-static podman crun runc conmon neta
 	docker-registry skopeo openssl apache2-utils
 # The cgroup v2 tests boot this host's userspace in a QEMU guest on Debian's cloud kernel (tools/cgroup2_vm.py).
 APT_PACKAGES += qemu-system-x86 linux-image-cloud-amd64
+# The microVM backend: QEMU, mkfs.erofs for image disks, lz4 for the initramfs.
+APT_PACKAGES += erofs-utils lz4
 APT_EXTRA ?=
-# Later layers (microVM) will need: qemu-system-x86 erofs-utils
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3

@@ -100,6 +100,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="pull the image first: when the store lacks it (default), always, or never",
     )
     _add_limit_arguments(p)
+    p.add_argument(
+        "--isolation",
+        "--runtime",
+        dest="isolation",
+        default="container",
+        help="container (namespaces, default) or vm (the same container inside a QEMU microVM)",
+    )
+    p.add_argument("--vm-accel", default="auto", help="auto (KVM if it works, else TCG), kvm or tcg")
+    p.add_argument("--vm-kernel", metavar="PATH", help="guest kernel bzImage (default /boot/vmlinuz-*cloud*)")
+    p.add_argument("--vm-memory", metavar="SIZE", help="guest RAM, at least 80m (default 128m)")
+    p.add_argument("--vm-cpus", type=int, metavar="N", help="guest vCPUs (default 1)")
+    p.add_argument(
+        "--vm-template", default="on", choices=["on", "off"], help="restore a pre-booted guest (default on)"
+    )
     p.add_argument("image", help="image to run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -204,6 +218,7 @@ def run_options(args: argparse.Namespace):
     from hutch.engine.devices import parse_devices
     from hutch.engine.options import (
         RunOptions,
+        check_isolation,
         parse_env,
         parse_env_file,
         parse_security_opts,
@@ -216,6 +231,9 @@ def run_options(args: argparse.Namespace):
     for path in args.env_file:
         env.extend(parse_env_file(path))
     env.extend(parse_env(args.env))
+    isolation = check_isolation(args.isolation)
+    limits = _limit_options(args)
+    vm = _vm_options(args, limits["resources"]) if isolation == "vm" else {}
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = [args.entrypoint] if args.entrypoint else []
@@ -240,10 +258,12 @@ def run_options(args: argparse.Namespace):
         privileged=args.privileged,
         ulimits=[parse_ulimit(u) for u in args.ulimit],
         devices=parse_devices(args.device),
-        **_limit_options(args),
+        **limits,
+        isolation=isolation,
+        **vm,
         **parse_security_opts(args.security_opt),
         **_lifecycle_options(args),
-        **network_options(args),
+        **(network_options(args) if isolation != "vm" else {"network": "none"}),
     )
 
 
@@ -307,6 +327,37 @@ def _limit_options(args: argparse.Namespace) -> dict:
     from hutch.cli.limits import resources_from_args
 
     return {"resources": resources_from_args(args), "cgroup_parent": args.cgroup_parent}
+
+
+def _vm_options(args: argparse.Namespace, resources: dict) -> dict:
+    """The ``--vm-*`` flags, checked before anything is created. ``--memory`` and ``--cpus`` size the guest
+    when the ``--vm-*`` ones are not given (guest RAM and vCPUs are what a VM's limits are)."""
+    import math
+
+    from hutch.engine.options import DEFAULT_NETWORK, InvalidArgument, check_vm_accel, parse_memory_mib
+
+    accel = check_vm_accel(args.vm_accel)
+    cpus = args.vm_cpus
+    quota, period = resources.get("cpu", {}).get("quota", 0), resources.get("cpu", {}).get("period", 0)
+    if cpus is None and quota > 0 and period:
+        cpus = math.ceil(quota / period)
+    if cpus is not None and not 1 <= cpus <= 64:
+        raise InvalidArgument(f"invalid --vm-cpus {cpus}: expected 1 to 64")
+    memory = parse_memory_mib(args.vm_memory) if args.vm_memory else None
+    limit = resources.get("memory", {}).get("limit", 0)
+    if memory is None and limit > 0:
+        memory = parse_memory_mib(f"{limit}b")
+    if args.network not in ("none", DEFAULT_NETWORK) or args.publish or args.publish_all:
+        raise InvalidArgument(
+            f"--network {args.network} with --isolation vm: microVM networking is not there yet"
+        )
+    return {
+        "vm_accel": accel,
+        "vm_kernel": os.path.abspath(args.vm_kernel) if args.vm_kernel else None,
+        "vm_memory_mib": memory,
+        "vm_cpus": cpus,
+        "vm_template": args.vm_template,
+    }
 
 
 def cmd_run(args: argparse.Namespace, ctx) -> int:

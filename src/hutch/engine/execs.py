@@ -48,6 +48,10 @@ def exec_in(engine, ref: str, argv: list[str], options: ExecOptions) -> Containe
     if options.workdir is not None and not options.workdir.startswith("/"):
         raise InvalidArgument(f"the working directory {options.workdir!r} is not an absolute path")
     record = engine.lookup(ref)
+    if record.config.get("options", {}).get("isolation") == "vm":
+        # why refuse: the record's pid is the VM's supervisor, a host process; joining its namespaces would
+        # run the command on the host, outside the VM. exec into a guest needs an agent (not yet).
+        raise HutchError(f"exec into container {record.name}: not supported with --isolation vm yet")
     if record.state == "paused":
         raise HutchError(f"container {ref} is paused, unpause the container before exec")
     # why both: reconcile keeps a record "running" while its reaper lives, even if the init just died.

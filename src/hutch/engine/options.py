@@ -84,6 +84,12 @@ class RunOptions:
         # resource limits (issue 4): OCI linux.resources without devices, from hutch.engine.resources
         "resources": dict,
         "cgroup_parent": None,
+        "isolation": "container",
+        "vm_accel": "auto",
+        "vm_kernel": None,
+        "vm_memory_mib": None,
+        "vm_cpus": None,
+        "vm_template": "on",
     }
     __slots__ = ("image", *_DEFAULTS)
 
@@ -299,3 +305,33 @@ def parse_security_opts(items: list[str]) -> dict:
         else:
             raise InvalidArgument(f"invalid --security-opt {item!r}")
     return result
+
+
+def check_isolation(value: str) -> str:
+    """``--isolation``/``--runtime``: ``container`` (namespaces, the default) or ``vm`` (a microVM)."""
+    if value in ("container", "default", "runc", "hutch"):
+        return "container"
+    if value in ("vm", "microvm"):
+        return "vm"
+    raise InvalidArgument(f"invalid --isolation {value!r}: expected container or vm")
+
+
+def check_vm_accel(value: str) -> str:
+    """``--vm-accel``: ``auto`` (KVM when it runs the guest kernel, else TCG), ``kvm`` or ``tcg``."""
+    if value not in ("auto", "kvm", "tcg"):
+        raise InvalidArgument(f"invalid --vm-accel {value!r}: expected auto, kvm or tcg")
+    return value
+
+
+def parse_memory_mib(text: str, minimum: int = 80) -> int:
+    """``128m``, ``1g``, ``268435456`` (bytes) -> MiB; at least ``minimum`` (smaller guests hang at boot)."""
+    units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    lowered = text.strip().lower()
+    number, unit = lowered.rstrip("bkmg"), lowered[len(lowered.rstrip("bkmg")) :]
+    unit = unit[:-1] if len(unit) == 2 and unit.endswith("b") else unit
+    if not number.isdigit() or unit not in units:
+        raise InvalidArgument(f"invalid memory size {text!r}: expected a number with k, m or g")
+    mib = int(number) * units[unit] // (1 << 20)
+    if mib < minimum:
+        raise InvalidArgument(f"memory size {text!r} is too small for a microVM: at least {minimum}m")
+    return mib

@@ -1,0 +1,211 @@
+"""The microVM isolation backend: the same OCI spec and image layers, run behind QEMU's microvm machine.
+
+``start`` prepares what is cached (vmlinux, initramfs, the image's erofs disk, the accelerator verdict),
+writes the guest's stage-2 script, then forks the supervisor (``vm.supervisor``) and waits for its word:
+the guest is up, or why not. What it returns looks like the namespace backend's ContainerProcess: a pid
+to wait for and signal, whose exit status is the command's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from hutch.errors import HutchError
+from hutch.runtime.spawn import ContainerProcess
+from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
+
+MIN_MEMORY_MIB = 80  # smaller guests deadlock at boot
+DEFAULT_MEMORY_MIB = 128
+
+
+class VmSettings:
+    """The ``--vm-*`` options of one container, as stored in its record."""
+
+    __slots__ = ("accel", "kernel", "memory_mib", "cpus", "boot_timeout", "template")
+
+    def __init__(self, options: dict) -> None:
+        self.accel = options.get("vm_accel") or "auto"
+        self.kernel = options.get("vm_kernel")
+        self.memory_mib = int(options.get("vm_memory_mib") or DEFAULT_MEMORY_MIB)
+        self.cpus = int(options.get("vm_cpus") or 1)
+        self.boot_timeout = float(os.environ.get("HUTCH_VM_BOOT_TIMEOUT", "0") or 0)
+        self.template = options.get("vm_template", "on") != "off" and not options.get("volumes")
+
+
+def prepare(settings: VmSettings, layers: list[Path], cache: Path, scratch: Path) -> dict:
+    """The cached artefacts a guest boots from; builds what is missing."""
+    k = kernel.find_kernel(settings.kernel)
+    vmlinux = kernel.vmlinux(k, cache)
+    initrd = initramfs.cached(k.modules_dir, cache)
+    disk = rootdisk.ensure(cache / "disks", layers, scratch)
+    chosen = accel.choose(settings.accel, vmlinux, initrd, cache)
+    return {"vmlinux": str(vmlinux), "initrd": str(initrd), "disk": str(disk), "accel": chosen}
+
+
+def start(
+    spec: dict,
+    layers: list[Path],
+    options: dict,
+    *,
+    cache: Path,
+    scratch: Path,
+    state_dir: Path,
+    cgroup: object | None,
+    stdio: tuple[int, int, int],
+    die_with_parent: bool,
+) -> ContainerProcess:
+    """Boot the guest for one container and return once its command is about to run (or raise)."""
+    if spec["process"].get("terminal"):
+        raise HutchError("-t is not supported with --isolation vm yet")
+    settings = VmSettings(options)
+    parts = prepare(settings, layers, cache, scratch)
+    volumes = list(options.get("volumes") or [])
+    stage2 = script.stage2(spec, layers, volumes)  # a bad --user fails here, before anything is made
+    shares = virtiofs.shares(state_dir.name, volumes)
+    ours, theirs = supervisor.port_pairs()
+    try:
+        if settings.template:
+            _template_for(settings, parts, cache, state_dir)
+        launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
+        return _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
+    finally:
+        for s in (*ours.values(), *theirs.values(), *(share.sock for share in shares)):
+            s.close()  # a second close (after the fork) is a no-op
+
+
+def _timeout(settings: VmSettings, parts: dict) -> float:
+    return settings.boot_timeout or (10.0 if parts["accel"] == "kvm" else 60.0)
+
+
+def _argv(
+    settings, parts, theirs, state_dir: Path, shares=(), ram: tuple[Path, bool] | None = None
+) -> list[str]:
+    """QEMU's argv; with a template, the disk is the placeholder the template was booted with and the RAM
+    the template's file (``ram``: path, shared)."""
+    machine, share_argv = virtiofs.qemu_args(list(shares), settings.memory_mib)
+    if ram is not None:
+        machine, share_argv = template.ram_args(ram[0], settings.memory_mib, ram[1])
+    return qemu.command(
+        kernel=parts["vmlinux"],
+        initrd=parts["initrd"],
+        disk=parts["placeholder"] if settings.template else parts["disk"],
+        accel=parts["accel"],
+        memory_mib=settings.memory_mib,
+        cpus=settings.cpus,
+        port_fds={name: theirs[name].fileno() for name in qemu.PORTS},
+        qmp_fd=theirs["qmp"].fileno(),
+        console_log=str(state_dir / "console.log"),
+        khz=qemu.tsc_khz(),
+        extra_machine=machine,
+        extra_argv=share_argv + (["-incoming", "defer"] if parts.get("template") else []),
+    )
+
+
+def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Path) -> None:
+    """Find or build the template this guest restores from (parts gains "placeholder" and "template")."""
+    parts["placeholder"] = str(template.placeholder(cache))
+    path = template.template_path(
+        cache, parts["vmlinux"], parts["initrd"], settings.memory_mib, settings.cpus, parts["accel"]
+    )
+    if not path.exists():
+        ours, theirs = supervisor.port_pairs()
+        try:
+            ram_tmp = path.with_name(f".{path.stem}.ram.tmp-{os.getpid()}")
+            argv = _argv(settings, parts, theirs, state_dir, ram=(ram_tmp, True))
+            template.build(path, argv, theirs, ours, _timeout(settings, parts), ram_tmp)
+        finally:
+            for s in (*ours.values(), *theirs.values()):
+                s.close()
+    parts["template"] = str(path)
+
+
+def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
+    ram = (template.ram_path(Path(parts["template"])), False) if parts.get("template") else None
+    argv = _argv(settings, parts, theirs, state_dir, shares, ram)
+    timeout = _timeout(settings, parts)
+    return supervisor.Launch(
+        argv=argv,
+        script=stage2,
+        stdio=stdio,
+        interactive=bool(options.get("interactive")),
+        console_log=str(state_dir / "console.log"),
+        qemu_log=str(state_dir / "qemu.log"),
+        boot_timeout=timeout,
+        accel=parts["accel"],
+        daemons=[(share.daemon_argv(), share.sock.fileno()) for share in shares],
+        daemon_log=str(state_dir / "virtiofsd.log"),
+        restore=(parts["template"], parts["disk"]) if parts.get("template") else None,
+    )
+
+
+def _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent: bool) -> ContainerProcess:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _supervisor_child(launch, ours, theirs, write_end, cgroup, die_with_parent)  # never returns
+    os.close(write_end)
+    # why now: while this process holds QEMU's ends of the sockets, QEMU dying early shows the supervisor
+    # no EOF, and the start would wait for the full boot deadline.
+    for s in (*ours.values(), *theirs.values()):
+        s.close()
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    if answer != b"ok":
+        _, status = os.waitpid(pid, 0)
+        if not answer and os.WIFSIGNALED(status):
+            raise HutchError(f"microVM supervisor was killed by signal {os.WTERMSIG(status)} while starting")
+        raise _error(answer)
+    return ContainerProcess(pid)
+
+
+def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent: bool) -> None:
+    try:
+        _own_stdio(launch)
+        keep = {report, *(s.fileno() for s in (*ours.values(), *theirs.values()))}
+        keep.update(fd for _argv, fd in launch.daemons)
+        _close_fds_except(keep)
+        if die_with_parent:
+            from hutch.linux import syscalls as sc
+
+            sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+        if cgroup is not None:
+            cgroup.add_process(0)  # QEMU, forked next, is born inside the container's cgroup
+    except BaseException as exc:  # noqa: BLE001 - reported to the engine
+        os.write(report, json.dumps({"code": 125, "message": f"microVM: {exc}"}).encode())
+        os._exit(125)
+    supervisor.run(launch, ours, theirs, report)
+
+
+def _own_stdio(launch) -> None:
+    """The container's stdio becomes the supervisor's 0, 1 and 2, so that whatever the caller had there (a
+    ``run -d`` caller's pipes) is not held open by a process that lives as long as the guest."""
+    copies = [os.dup(fd) for fd in launch.stdio]
+    for target, fd in enumerate(copies):
+        os.dup2(fd, target)
+        os.close(fd)
+    launch.stdio = (0, 1, 2)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    """why: the supervisor never execs, so an fd it inherits stays open for the container's lifetime; a
+    caller's pipe (the detached monitor's start-up report) would then never see EOF and hang ``run -d``."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:  # 0-2 are the container's stdio by now
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _error(raw: bytes) -> HutchError:
+    try:
+        record = json.loads(raw)
+        err = HutchError(str(record["message"]))
+        err.exit_code = int(record["code"])
+    except (ValueError, KeyError, TypeError):
+        err = HutchError(f"microVM supervisor failed: {raw[:200]!r}")
+    return err

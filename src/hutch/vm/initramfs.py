@@ -1,0 +1,213 @@
+"""The guest's initramfs: busybox-static, hutch's init script and only the kernel modules the guest needs.
+
+Built once per (kernel release, busybox, init script) and cached. It is a newc cpio compressed with LZ4
+in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and under
+TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
+time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
+dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's
+``insmod`` needs no decompressor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from hutch.errors import HutchError
+
+BUSYBOX = "/bin/busybox"
+# What a read-only erofs root under a tmpfs overlay with stdio on virtio-serial needs. virtio_mmio finds
+# the microvm's devices (through ACPI); libcrc32c is erofs's only dependency.
+MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "erofs", "overlay")
+# Loaded by the stage-2 script only when the container has volumes (virtiofs needs fuse).
+VOLUME_MODULES = ("virtiofs",)
+_DATA = Path(__file__).with_name("data")
+
+
+def module_name(path: str) -> str:
+    """``kernel/fs/erofs/erofs.ko.xz`` -> ``erofs`` (the kernel treats - and _ alike)."""
+    base = path.rsplit("/", 1)[-1]
+    return base.split(".ko", 1)[0].replace("-", "_")
+
+
+def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
+    """``modules.dep`` -> name -> (path, dependency paths)."""
+    result = {}
+    for line in text.splitlines():
+        path, sep, deps = line.partition(":")
+        if sep:
+            result[module_name(path)] = (path, deps.split())
+    return result
+
+
+def load_order(
+    wanted: tuple[str, ...], deps: dict[str, tuple[str, list[str]]], builtin: set[str]
+) -> list[str]:
+    """Module paths in an order ``insmod`` accepts: every dependency before the module that needs it.
+
+    ``modules.dep`` lists a module's dependencies deepest last, so they are loaded in reverse. Built-in
+    modules are skipped; a module that is neither built in nor in ``modules.dep`` is an error.
+    """
+    order: list[str] = []
+
+    def add(path: str) -> None:
+        if path in order:
+            return
+        for dep in reversed(deps[module_name(path)][1]):
+            add(dep)
+        order.append(path)
+
+    for name in wanted:
+        if name in builtin:
+            continue
+        if name not in deps:
+            raise HutchError(f"guest kernel has no {name} driver (neither built in nor a module)")
+        add(deps[name][0])
+    return order
+
+
+class Cpio:
+    """A newc ("070701") archive written in memory; the kernel's initramfs format."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._ino = 1
+
+    def _entry(self, name: str, mode: int, body: bytes = b"", nlink: int = 1, rdev: tuple = (0, 0)) -> None:
+        fields = (self._ino, mode, 0, 0, nlink, 0, len(body), 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+        self._ino += 1
+        header = b"070701" + b"".join(b"%08x" % v for v in fields) + name.encode() + b"\0"
+        self.data += header + b"\0" * (-len(header) % 4)
+        self.data += body + b"\0" * (-len(body) % 4)
+
+    def directory(self, name: str) -> None:
+        self._entry(name, stat.S_IFDIR | 0o755, nlink=2)
+
+    def file(self, name: str, body: bytes, mode: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | mode, body)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def device(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._entry(name, stat.S_IFCHR | mode, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        self.data += b"\0" * (-len(self.data) % 512)
+        return bytes(self.data)
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        import lzma
+
+        return lzma.decompress(data)
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if path.name.endswith(".gz"):
+        import gzip
+
+        return gzip.decompress(data)
+    return data
+
+
+def _builtin(modules_dir: Path) -> set[str]:
+    try:
+        return {module_name(line) for line in (modules_dir / "modules.builtin").read_text().split()}
+    except OSError:
+        return set()
+
+
+# Docker's standard devices, copied into each container's /dev tmpfs by the guest's stage-2 script.
+_DEVICES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"))
+_LINKS += (("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+
+
+def _dev_template(cpio: Cpio) -> None:
+    cpio.directory("devtmpl")
+    for sub in ("pts", "shm", "mqueue"):
+        cpio.directory(f"devtmpl/{sub}")
+    for name, major, minor in _DEVICES:
+        cpio.device(f"devtmpl/{name}", major, minor, 0o666)
+    for name, target in _LINKS:
+        cpio.symlink(f"devtmpl/{name}", target)
+
+
+def build(modules_dir: Path) -> bytes:
+    """The archive for a kernel whose modules are in ``modules_dir``."""
+    try:
+        deps = parse_modules_dep((modules_dir / "modules.dep").read_text())
+    except OSError as err:
+        raise HutchError(f"guest kernel modules: cannot read {modules_dir}/modules.dep: {err.strerror}")
+    order = load_order(MODULES, deps, _builtin(modules_dir))
+    try:
+        busybox = Path(BUSYBOX).read_bytes()
+    except OSError:
+        raise HutchError(f"{BUSYBOX} is missing: install busybox-static")
+    cpio = Cpio()
+    for name in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "lower", "rw"):
+        cpio.directory(name)
+    cpio.device("dev/console", 5, 1)
+    _dev_template(cpio)
+    cpio.file("bin/busybox", busybox, 0o755)
+    cpio.symlink("bin/sh", "busybox")
+    volume_order = [p for p in load_order(VOLUME_MODULES, deps, _builtin(modules_dir)) if p not in order]
+    for listing, paths in (("modules", order), ("modules.volumes", volume_order)):
+        names = []
+        for path in paths:
+            name = module_name(path) + ".ko"
+            cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path))
+            names.append(name)
+        cpio.file(listing, ("\n".join(names) + "\n").encode())
+    cpio.file("init", (_DATA / "init.sh").read_bytes(), 0o755)
+    return cpio.finish()
+
+
+def cached(modules_dir: Path, cache: Path) -> Path:
+    """The initramfs for ``modules_dir``, built on first use; keyed by what goes into it."""
+    key = hashlib.sha256()
+    for part in (modules_dir / "modules.dep", Path(BUSYBOX), _DATA / "init.sh", Path(__file__)):
+        try:
+            st = part.stat()
+        except OSError:
+            continue
+        key.update(f"{part}:{st.st_size}:{st.st_mtime_ns};".encode())
+    prefix = f"initramfs-{modules_dir.name}-"
+    target = cache / f"{prefix}{key.hexdigest()[:16]}.cpio"
+    if not target.exists():
+        from hutch.fsutil import atomic_write
+
+        data = compress(build(modules_dir))
+        os.makedirs(cache, exist_ok=True)
+        atomic_write(target, data, durable=False)
+        for old in cache.glob(f"{prefix}*.cpio"):
+            if old != target:
+                old.unlink(missing_ok=True)  # built for an older busybox, init or module set
+    return target
+
+
+def compress(data: bytes) -> bytes:
+    """LZ4 legacy frames (what the kernel's unlz4 reads), else gzip."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["lz4", "-l", "-9", "-c"], input=data, capture_output=True, check=True)
+        return proc.stdout
+    except (OSError, subprocess.CalledProcessError):
+        import gzip
+
+        return gzip.compress(data, 6, mtime=0)

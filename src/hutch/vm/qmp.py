@@ -1,0 +1,62 @@
+"""A minimal QMP client: QEMU's JSON control protocol, one line per message, over a socket QEMU inherits.
+
+The supervisor uses it when a guest does not come up: ``query-status`` says why (``internal-error`` is
+the KVM emulation failure of a kernel this host's hypervisor cannot run, ``guest-panicked``, or still
+``running``), and ``quit`` ends QEMU cleanly before the SIGKILL fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from hutch.errors import HutchError
+
+
+class Qmp:
+    """A QMP session in command mode (greeting read, capabilities negotiated)."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 2.0) -> None:
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self._buf = b""
+        greeting = self._message()
+        if "QMP" not in greeting:
+            raise HutchError(f"QMP: unexpected greeting {greeting!r}")
+        self.execute("qmp_capabilities")
+
+    def _message(self) -> dict:
+        while b"\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise HutchError("QMP: QEMU closed the monitor")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def execute(self, command: str, arguments: dict | None = None) -> Any:
+        """Run ``command``; its ``return`` value, events in between skipped, errors raised."""
+        request = {"execute": command, **({"arguments": arguments} if arguments else {})}
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        while True:
+            reply = self._message()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise HutchError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+
+
+def status_then_quit(sock: socket.socket) -> str:
+    """The VM's ``query-status``, then ``quit``; the status or why it could not be asked. The caller still
+    reaps (or kills) QEMU."""
+    try:
+        session = Qmp(sock)
+        state = str(session.execute("query-status").get("status", "unknown"))
+    except (OSError, ValueError, HutchError) as err:
+        return f"unknown ({err})"
+    try:
+        session.execute("quit")
+    except (OSError, ValueError, HutchError):
+        pass  # QEMU closing the monitor while answering is how quit succeeds
+    return state

@@ -1,0 +1,144 @@
+"""Pre-booted templates: boot a guest once, save it, and start each container by restoring a clone.
+
+Firecracker's snapshots and Kata's VM templating, with QEMU's own migration: a guest is booted once per
+(kernel, initramfs, memory, vCPUs, accelerator) until its init says ``ready`` (modules loaded, ports found,
+waiting for a container's config; the disk not yet read), then stopped and ``migrate``d into a file. A
+container then starts QEMU with the same devices and ``-incoming defer``, loads that file, swaps the
+placeholder disk behind virtio-blk for the image's erofs disk (``blockdev-add`` + ``blockdev-reopen`` of
+the raw node), and continues; the guest reads its config and mounts the disk as after a cold boot.
+The template's RAM is a file the clones map privately (``x-ignore-shared``): the saved state is ~60 KB
+instead of 65 MB, a restore does not copy the RAM, and clones share the pages they only read.
+
+The placeholder is a sparse 64 GiB file: the guest sizes /dev/vda at template time, and an image's disk
+is always smaller, so erofs never reads past its end. Volumes need other devices and shared RAM, so a
+container with ``-v`` boots cold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from hutch.errors import HutchError
+from hutch.vm.qmp import Qmp
+
+PLACEHOLDER_BYTES = 64 << 30
+VERSION = "2"
+
+
+def placeholder(cache: Path) -> Path:
+    path = cache / "placeholder.img"
+    if not path.exists():
+        tmp = cache / f".placeholder.img.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.truncate(PLACEHOLDER_BYTES)
+        os.rename(tmp, path)
+    return path
+
+
+def template_path(cache: Path, vmlinux: str, initrd: str, memory_mib: int, cpus: int, accel: str) -> Path:
+    key = hashlib.sha256(f"{VERSION}:{vmlinux}:{initrd}:{memory_mib}:{cpus}:{accel}".encode()).hexdigest()
+    return cache / "templates" / f"{key[:24]}.mig"
+
+
+def ram_path(path: Path) -> Path:
+    """The template guest's RAM, saved as a file next to its device state."""
+    return path.with_suffix(".ram")
+
+
+def ram_args(ram: Path, memory_mib: int, share: bool) -> tuple[str, list[str]]:
+    """Guest RAM backed by ``ram``: shared while the template is built (so the file receives the RAM),
+    private in a clone (copy-on-write: the template file is never written, clones share its pages)."""
+    backend = f"memory-backend-file,id=mem,size={memory_mib}M,mem-path={ram},share={'on' if share else 'off'}"
+    return ",memory-backend=mem", ["-object", backend]
+
+
+_IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+
+
+def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: dict[str, socket.socket],
+          timeout: float, ram_tmp: Path) -> None:  # fmt: skip
+    """Boot ``argv`` (cold, placeholder disk, RAM in ``ram_tmp``) until the guest is ready, then save its
+    device state into ``path`` (RAM stays in the file: ``x-ignore-shared``)."""
+    os.makedirs(path.parent, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    proc = subprocess.Popen(
+        argv,
+        pass_fds=[s.fileno() for s in theirs.values()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    for s in theirs.values():
+        s.close()
+    try:
+        _await_ready(ours["hutch.ctl"], timeout)
+        session = Qmp(ours["qmp"], timeout=30)
+        session.execute("migrate-set-capabilities", _IGNORE_SHARED)
+        session.execute("stop")
+        session.execute("migrate", {"uri": f"exec:cat > {tmp}"})
+        _await_migration(session, "completed", timeout)
+        session.execute("quit")
+        proc.wait(timeout=10)
+        os.rename(ram_tmp, ram_path(path))  # the RAM first: the .mig file's presence means complete
+        os.rename(tmp, path)
+        for old in path.parent.iterdir():
+            if old.stem != path.stem and old.suffix in (".mig", ".ram"):
+                old.unlink(missing_ok=True)
+    except BaseException as exc:
+        exited = proc.poll()
+        proc.kill()
+        err = proc.communicate()[1].decode(errors="replace").strip().splitlines()[-1:]
+        if exited is not None:
+            err.append(f"QEMU exit status {exited}")
+        if isinstance(exc, HutchError | OSError):
+            raise HutchError(f"building the microVM template: {exc}; {'; '.join(err)}")
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        tmp.unlink(missing_ok=True)
+        ram_tmp.unlink(missing_ok=True)
+
+
+def _await_ready(ctl: socket.socket, timeout: float) -> None:
+    ctl.settimeout(timeout)
+    buf = b""
+    while b"ready\n" not in buf:
+        try:
+            chunk = ctl.recv(4096)
+        except TimeoutError:
+            raise HutchError(f"the template guest did not come up within {timeout:g} s")
+        if not chunk:
+            raise HutchError("QEMU exited before the template guest came up")
+        buf += chunk
+
+
+def _await_migration(session: Qmp, wanted: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = session.execute("query-migrate").get("status")
+        if status == wanted:
+            return
+        if status in ("failed", "cancelled"):
+            raise HutchError(f"migration {status}")
+        time.sleep(0.005)
+    raise HutchError(f"migration did not complete within {timeout:g} s")
+
+
+def restore(session: Qmp, path: Path, disk: str, timeout: float) -> None:
+    """In a QEMU started with ``-incoming defer``: load the template, swap in ``disk``, run."""
+    session.execute("migrate-set-capabilities", _IGNORE_SHARED)
+    session.execute("migrate-incoming", {"uri": f"exec:cat {path}"})
+    _await_migration(session, "completed", timeout)
+    session.execute(
+        "blockdev-add", {"driver": "file", "node-name": "img", "filename": disk, "read-only": True}
+    )
+    options = {"driver": "raw", "node-name": "root", "file": "img", "read-only": True}
+    session.execute("blockdev-reopen", {"options": [options]})
+    session.execute("cont")

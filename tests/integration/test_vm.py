@@ -1,0 +1,192 @@
+"""``--isolation vm``: the same busybox image run inside a real QEMU microvm guest.
+
+Each boot under TCG costs a core for 2-4 s, so the checks are packed into few runs. Every test also checks
+that nothing is left: no QEMU process, no container directory, no temp file in the root.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+
+import pytest
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86"),
+]
+
+VM = ("--isolation", "vm", "--vm-accel", "tcg")
+_kvm_verdict: dict[str, bool] = {}
+
+
+def _qemu_pids(root) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if cmd.startswith(b"qemu-system") and str(root).encode() in cmd:
+                found.append(int(entry))
+    return found
+
+
+def _assert_nothing_left(hutch) -> None:
+    assert _qemu_pids(hutch.root) == []
+    assert os.listdir(hutch.root / "containers") == []
+    leftovers = [n for n in os.listdir(hutch.root / "tmp")] if (hutch.root / "tmp").exists() else []
+    assert leftovers == []
+    for sub in ("disks", "templates"):
+        d = hutch.root / "cache" / "vm" / sub
+        assert not d.exists() or [n for n in os.listdir(d) if n.startswith(".")] == []  # no temp files
+
+
+def test_echo_hi_from_a_template_clone(hutch, busybox):
+    # The first run boots the template guest, saves it and restores a clone; the second only restores.
+    for _ in range(2):
+        result = hutch("run", "--rm", *VM, busybox, "echo", "hi", timeout=120)
+        assert (result.code, result.out) == (0, "hi\n"), result.err
+    templates = sorted(p.suffix for p in (hutch.root / "cache" / "vm" / "templates").iterdir())
+    assert templates == [".mig", ".ram"]  # device state, and the RAM file clones map
+    _assert_nothing_left(hutch)
+
+
+def test_cold_boot_env_workdir_user_stdin_exit_code_and_kernel(hutch, busybox):
+    script = 'echo "$FOO"; pwd; id -u; id -g; hostname; uname -r; cat; echo oops >&2; exit 7'
+    result = hutch(
+        "run", "--rm", "-i", *VM, "--vm-template", "off", "-e", "FOO=b'a r$(x)", "-w", "/srv/work",
+        "-u", "1000:1000", "-h", "guest1", busybox, "sh", "-c", script,
+        input="from stdin\nline two\n",
+        timeout=120,
+    )  # fmt: skip
+    assert result.code == 7, result.err
+    lines = result.out.splitlines()
+    assert lines[:5] == ["b'a r$(x)", "/srv/work", "1000", "1000", "guest1"]
+    assert lines[5] != platform.release()  # the guest runs its own kernel
+    assert lines[6:] == ["from stdin", "line two"]
+    assert result.err.endswith("oops\n")
+    _assert_nothing_left(hutch)
+
+
+def test_detached_logs_and_stop_forwards_the_signal(hutch, busybox):
+    cid = hutch.ok(
+        "run", "-d", "--name", "v", *VM, busybox,
+        "sh", "-c", 'echo started; trap "echo got term; exit 3" TERM; while :; do sleep 1; done',
+        timeout=120,
+    ).strip()  # fmt: skip
+    assert len(cid) == 64
+    assert "Up" in hutch.ok("ps")
+    deadline = time.monotonic() + 30
+    while "started" not in hutch.ok("logs", "v") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_qemu_pids(hutch.root)) == 1
+    refused = hutch("exec", "v", "id")  # its pid is a host process: exec must not join its namespaces
+    assert refused.code == 125 and "not supported with --isolation vm" in refused.err
+    hutch.ok("stop", "v", timeout=60)
+    assert hutch.ok("logs", "v") == "started\ngot term\n"
+    assert "Exited (3)" in hutch.ok("ps", "-a")
+    hutch.ok("rm", "v")
+    _assert_nothing_left(hutch)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/lib/qemu/virtiofsd"), reason="needs virtiofsd")
+def test_volumes_over_virtiofs(hutch, busybox, tmp_path):
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    (rw / "in").write_text("from the host\n")
+    (ro / "keep").write_text("untouched\n")
+    script = "cat /data/in; echo from the guest > /data/out; (echo x > /ro/keep) 2>/dev/null || echo refused"
+    result = hutch(
+        "run", "--rm", *VM, "-v", f"{rw}:/data", "-v", f"{ro}:/ro:ro", busybox, "sh", "-c", script,
+        timeout=120,
+    )  # fmt: skip
+    assert (result.code, result.out) == (0, "from the host\nrefused\n"), result.err
+    assert (rw / "out").read_text() == "from the guest\n"
+    assert (ro / "keep").read_text() == "untouched\n"
+    daemons = [p for p in os.listdir("/proc") if p.isdigit() and str(rw).encode() in _cmdline(p)]
+    assert daemons == []  # every virtiofsd is gone
+    _assert_nothing_left(hutch)
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def test_errors_are_one_line_exit_125_and_leave_nothing(hutch, busybox, tmp_path):
+    bad_kernel = tmp_path / "not-a-kernel"
+    bad_kernel.write_bytes(b"garbage" * 100)
+    cases = [
+        (("--vm-kernel", str(bad_kernel)), "not a bzImage"),
+        (("--vm-kernel", str(tmp_path / "missing")), "no such file"),
+        (("--vm-memory", "20m"), "at least 80m"),
+        (("--vm-memory", "4000000g"), "Cannot allocate memory"),
+        (("--vm-accel", "warp"), "invalid --vm-accel 'warp'"),
+    ]
+    for flags, message in cases:
+        result = hutch("run", "--rm", *VM, *flags, busybox, "true", timeout=120)
+        assert result.code == 125, (flags, result)
+        assert message in result.err and result.err.count("\n") == 1, (flags, result.err)
+    hutch.env["HUTCH_VM_BOOT_TIMEOUT"] = "0.2"
+    result = hutch("run", "--rm", *VM, busybox, "true", timeout=120)
+    assert result.code == 125 and "did not come up within 0.2 s" in result.err, result.err
+    assert hutch.ok("ps", "-aq") == ""
+    _assert_nothing_left(hutch)
+
+
+def test_auto_accel_probes_kvm_once_and_falls_back_with_a_warning(hutch, busybox):
+    result = hutch("run", "--rm", "--isolation", "vm", busybox, "echo", "auto", timeout=180)
+    assert (result.code, result.out) == (0, "auto\n"), result.err
+    verdicts = list((hutch.root / "cache" / "vm").glob("accel-*.json"))
+    assert len(verdicts) == (1 if os.access("/dev/kvm", os.W_OK) else 0)
+    import json
+
+    kvm = bool(verdicts) and json.loads(verdicts[0].read_text())["kvm"]
+    _kvm_verdict["kvm"] = kvm
+    assert ("using TCG" in result.err) == (not kvm)
+    _assert_nothing_left(hutch)
+
+
+def test_kvm_cold_boot(hutch, busybox):
+    if not _kvm_verdict.get("kvm"):
+        pytest.skip("KVM cannot run the guest kernel on this host (the probe fell back to TCG)")
+    start = time.monotonic()
+    result = hutch("run", "--rm", "--isolation", "vm", "--vm-accel", "kvm", busybox, "true", timeout=60)
+    assert result.code == 0, result.err
+    assert time.monotonic() - start < 5
+    _assert_nothing_left(hutch)
+
+
+def test_foreground_run_forwards_signals_into_the_guest(hutch, busybox):
+    import signal
+    import subprocess
+
+    script = 'trap "echo got int; exit 5" INT; echo ready; while :; do sleep 1; done'
+    proc = subprocess.Popen(
+        hutch.argv("run", "--rm", *VM, busybox, "sh", "-c", script),
+        env=hutch.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (5, "got int\n"), err
+    _assert_nothing_left(hutch)

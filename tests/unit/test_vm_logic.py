@@ -1,0 +1,150 @@
+"""Pure logic of the microVM backend: module order, the cpio writer, the guest script, the QEMU argv."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from hutch.engine.options import check_isolation, parse_memory_mib
+from hutch.errors import HutchError, InvalidArgument
+from hutch.vm import initramfs, qemu, script
+
+DEP = """\
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/fs/erofs/erofs.ko.xz: kernel/lib/libcrc32c.ko.xz
+kernel/lib/libcrc32c.ko.xz:
+"""
+
+
+def test_load_order_puts_dependencies_first_and_skips_builtins():
+    deps = initramfs.parse_modules_dep(DEP)
+    order = initramfs.load_order(("virtio_mmio", "erofs", "overlay"), deps, builtin={"overlay"})
+    assert order == [
+        "kernel/drivers/virtio/virtio_ring.ko",
+        "kernel/drivers/virtio/virtio.ko",
+        "kernel/drivers/virtio/virtio_mmio.ko",
+        "kernel/lib/libcrc32c.ko.xz",
+        "kernel/fs/erofs/erofs.ko.xz",
+    ]
+
+
+def test_missing_driver_is_named():
+    with pytest.raises(HutchError, match="no virtio_blk driver"):
+        initramfs.load_order(("virtio_blk",), initramfs.parse_modules_dep(DEP), builtin=set())
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")
+def test_cpio_is_read_back_by_a_real_cpio(tmp_path):
+    archive = initramfs.Cpio()
+    archive.directory("bin")
+    archive.file("bin/hello", b"hello\n", 0o755)
+    archive.symlink("bin/sh", "busybox")
+    archive.device("dev-console", 5, 1)
+    data = archive.finish()
+    assert len(data) % 512 == 0
+    listing = subprocess.run(["busybox", "cpio", "-tv"], input=data, capture_output=True, check=True)
+    lines = listing.stdout.decode().splitlines()
+    assert [line.split()[-1] for line in lines][:3] == ["bin", "bin/hello", "busybox"]
+    assert lines[1].startswith("-rwxr-xr-x") and lines[3].startswith("crw-------")
+    subprocess.run(["busybox", "cpio", "-id"], input=data, cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "bin" / "hello").read_bytes() == b"hello\n"
+
+
+def _spec(**process) -> dict:
+    base = {"args": ["sh", "-c", "echo $X"], "env": ["PATH=/bin"], "cwd": "/"}
+    base.update(process)
+    return {"process": base, "hostname": "h", "mounts": [], "annotations": {}}
+
+
+def test_stage2_quotes_every_value(tmp_path):
+    hostile = "X=a'b; $(reboot) `id`"
+    text = script.stage2(_spec(env=["PATH=/bin", hostile], cwd="/we ird"), [tmp_path])
+    last = text.strip().splitlines()[-1]
+    words = shlex.split(last)
+    assert hostile in words and "HOME=/" in words
+    assert "-w/newroot/we ird" in words
+    assert words[-3:] == ["sh", "-c", "echo $X"]
+    assert "-S" not in words  # root keeps root
+
+
+def test_stage2_resolves_the_user_from_the_image_layers(tmp_path):
+    lower, upper = tmp_path / "l1", tmp_path / "l2"
+    (lower / "etc").mkdir(parents=True)
+    (upper / "etc").mkdir(parents=True)
+    (lower / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (upper / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nweb:x:33:44::/srv:/bin/sh\n")
+    (lower / "etc" / "group").write_text("web:x:44:\n")
+    spec = _spec()
+    spec["annotations"]["io.hutch.user"] = "web"
+    words = shlex.split(script.stage2(spec, [lower, upper]).strip().splitlines()[-1])
+    assert words[words.index("-S") + 1] == "33" and words[words.index("-G") + 1] == "44"
+    assert "HOME=/srv" in words
+    spec["annotations"]["io.hutch.user"] = "nobody-here"
+    with pytest.raises(HutchError, match="unable to find user nobody-here"):
+        script.stage2(spec, [lower, upper])
+
+
+def test_qemu_command_has_the_measured_recipe():
+    argv = qemu.command(
+        kernel="/k",
+        initrd="/i",
+        disk="/d.erofs",
+        accel="tcg",
+        memory_mib=128,
+        cpus=2,
+        port_fds={name: 10 + n for n, name in enumerate(qemu.PORTS)},
+        console_log="/c.log",
+        khz=2445404,
+    )
+    joined = " ".join(argv)
+    assert "microvm,pit=on,rtc=on" in joined
+    assert "tsc_early_khz=2445404" in argv[argv.index("-append") + 1]
+    assert "-nodefaults" in argv and argv[argv.index("-m") + 1] == "128M"
+    assert "socket,id=p1,fd=10" in joined and "name=hutch.ctl" in joined
+    assert "driver=raw,node-name=root,file=disk,read-only=on" in joined
+
+
+def test_memory_and_isolation_flags():
+    assert parse_memory_mib("128m") == 128
+    assert parse_memory_mib("1g") == 1024
+    assert parse_memory_mib("268435456") == 256
+    assert parse_memory_mib("200MB") == 200
+    for bad in ("64m", "lots", "12x"):
+        with pytest.raises(InvalidArgument):
+            parse_memory_mib(bad)
+    assert check_isolation("vm") == "vm" and check_isolation("container") == "container"
+    with pytest.raises(InvalidArgument, match="'kata'"):
+        check_isolation("kata")
+
+
+def test_kernel_release_and_payload_of_the_host_cloud_kernel():
+    import glob
+    from pathlib import Path
+
+    from hutch.vm import kernel
+
+    found = sorted(glob.glob("/boot/vmlinuz-*cloud*"))
+    if not found:
+        pytest.skip("no cloud kernel installed")
+    path = Path(found[-1])
+    assert kernel.release_of(path) == path.name.removeprefix("vmlinuz-")
+    data = kernel.payload(path.read_bytes())
+    magics = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"\x02\x21\x4c\x18")
+    assert any(data.startswith(m) for m in magics)
+
+
+def test_template_ram_is_shared_while_built_and_private_in_clones(tmp_path):
+    from hutch.vm import template
+
+    path = template.template_path(tmp_path, "/k", "/i", 128, 1, "tcg")
+    assert path != template.template_path(tmp_path, "/k", "/i", 256, 1, "tcg")  # memory is in the key
+    ram = template.ram_path(path)
+    machine, built = template.ram_args(ram, 128, share=True)
+    _, clone = template.ram_args(ram, 128, share=False)
+    assert machine == ",memory-backend=mem"
+    assert built[1].endswith(f"mem-path={ram},share=on") and clone[1].endswith(f"mem-path={ram},share=off")
