@@ -349,7 +349,7 @@ def _vm_options(args: argparse.Namespace, resources: dict) -> dict:
         memory = parse_memory_mib(f"{limit}b")
     if args.network not in ("none", DEFAULT_NETWORK) or args.publish or args.publish_all:
         raise InvalidArgument(
-            f"--network {args.network} with --isolation vm: microVM networking is not there yet"
+            "--network and -p with --isolation vm: guest networking (a tap on the bridge) is not there yet"
         )
     return {
         "vm_accel": accel,
