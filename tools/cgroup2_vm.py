@@ -56,7 +56,11 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in {modules}; do insmod /modules/$m.ko || echo "guest: insmod $m failed"; done
 mount -t virtiofs -o ro {tag} /newroot || {{ echo "{marker}125"; reboot -f; }}
+keep={keep}
+if [ -n "$keep" ]; then mkdir -p /keep && mount --bind "/newroot$keep" /keep; fi
 for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /newroot/$d; done
+# A checkout under /tmp (a CI clone) stays visible through the guest's own tmpfs.
+if [ -n "$keep" ]; then mkdir -p "/newroot$keep" && mount --move /keep "/newroot$keep"; fi
 mount --move /dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
@@ -114,13 +118,13 @@ def _module(release: str, name: str) -> bytes:
     return data
 
 
-def build_initramfs(path: Path, release: str, command: str, machine: str) -> None:
+def build_initramfs(path: Path, release: str, command: str, machine: str, keep: str = "") -> None:
     """The guest's initramfs: busybox, the modules, /init and the command script."""
     modules = MODULES[machine]
     entries = [(d, 0o40755, b"") for d in ("bin", "modules", "proc", "sys", "dev", "newroot")]
     entries.append(("bin/busybox", 0o100755, Path("/bin/busybox").read_bytes()))
     entries += [(f"modules/{m}.ko", 0o100644, _module(release, m)) for m in modules]
-    init = INIT.format(modules=" ".join(modules), tag=TAG, marker=MARKER)
+    init = INIT.format(modules=" ".join(modules), tag=TAG, marker=MARKER, keep=shlex.quote(keep))
     entries += [("init", 0o100755, init.encode()), ("command.sh", 0o100644, command.encode())]
     path.write_bytes(_cpio(entries))
 
@@ -154,7 +158,9 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="hutch-cg2vm-"))
     virtiofsd = qemu = None
     try:
-        build_initramfs(work / "initramfs.cpio", release, script, machine)
+        hidden = ("/tmp/", "/run/", "/var/tmp/")
+        keep = cwd if any(str(cwd).rstrip("/") + "/" != d and str(cwd).startswith(d) for d in hidden) else ""
+        build_initramfs(work / "initramfs.cpio", release, script, machine, keep)
         machine_opts, fs_device = MACHINES[machine]
         sock = work / "fs.sock"
         virtiofsd = subprocess.Popen(
