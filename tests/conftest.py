@@ -110,6 +110,17 @@ class Hutch:
         return result.out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_networks_of_every_root(tmp_path_factory):
+    """At the end of the run, the bridges and nft tables of every hutch root the tests made, also roots
+    outside ``hutch_root`` (registry pulls into fresh roots, helpers' private roots): a bridge outlives its
+    root otherwise, and a host has only so many address pools."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for db in base.glob("**/hutch.db"):
+        _teardown_networks(db.parent)
+
+
 @pytest.fixture(scope="session")
 def busybox_tar(tmp_path_factory) -> Path:
     """A real rootfs tarball from Debian's busybox-static, built offline once per session."""
