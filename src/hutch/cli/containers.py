@@ -284,9 +284,10 @@ def _lifecycle_options(args: argparse.Namespace) -> dict:
         if not key:
             raise InvalidArgument(f"invalid --label {item!r}: expected KEY[=VALUE]")
         labels[key] = value
-    from hutch.engine.userns import parse_userns
+    if args.userns != "host":
+        from hutch.engine.userns import parse_userns
 
-    parse_userns(args.userns)  # checked now; the ids are allocated by the engine at create
+        parse_userns(args.userns)  # checked now; the ids are allocated by the engine at create
     if args.privileged and (args.userns != "host" or args.userns_remap):
         raise InvalidArgument("--privileged cannot be used with a user namespace (--userns=host needed)")
     return {
@@ -346,7 +347,7 @@ def _vm_options(args: argparse.Namespace, resources: dict) -> dict:
     memory = parse_memory_mib(args.vm_memory) if args.vm_memory else None
     limit = resources.get("memory", {}).get("limit", 0)
     if memory is None and limit > 0:
-        memory = parse_memory_mib(f"{limit}b")
+        memory = parse_memory_mib(f"{limit}", flag="memory")
     if args.network not in ("none", DEFAULT_NETWORK) or args.publish or args.publish_all:
         raise InvalidArgument(
             "--network and -p with --isolation vm: guest networking (a tap on the bridge) is not there yet"

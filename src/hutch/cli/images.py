@@ -191,7 +191,6 @@ def cmd_image_inspect(args: argparse.Namespace, ctx) -> int:
 
 def cmd_prune(args: argparse.Namespace, ctx) -> int:
     """``hutch image prune [-a] [-f]``: asks first unless ``-f``, like Docker."""
-    from hutch.cli.format import size
 
     if not args.force:
         what = "all images without at least one container" if args.all else "all dangling images"
@@ -202,7 +201,14 @@ def cmd_prune(args: argparse.Namespace, ctx) -> int:
         )
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             return 0
-    report = ctx.images.prune(all=args.all, in_use=_in_use(ctx))
+    print_prune_report(ctx.images.prune(all=args.all, in_use=_in_use(ctx)))
+    return 0
+
+
+def print_prune_report(report: dict) -> None:
+    """Docker's lines for what an image prune removed (also the tail of ``system prune``)."""
+    from hutch.cli.format import size
+
     if report["ImagesDeleted"]:
         print("Deleted Images:")
         for record in report["ImagesDeleted"]:
@@ -210,7 +216,6 @@ def cmd_prune(args: argparse.Namespace, ctx) -> int:
                 print(f"{action.lower()}: {what}")
         print()
     print(f"Total reclaimed space: {size(report['SpaceReclaimed'])}")
-    return 0
 
 
 def cmd_images(args: argparse.Namespace, ctx) -> int:

@@ -33,7 +33,7 @@ def cmd_system_prune(args: argparse.Namespace, ctx) -> int:
     no container uses (dangling ones, or all with ``-a``); asks first unless ``-f``, as Docker does."""
     import sys
 
-    from hutch.cli.format import size
+    from hutch.cli.images import print_prune_report
     from hutch.engine.cgroupgc import prune_cgroups
 
     if not args.force:
@@ -61,13 +61,7 @@ def cmd_system_prune(args: argparse.Namespace, ctx) -> int:
         if items:
             print(title, *items, sep="\n")
             print()
-    if report["ImagesDeleted"]:
-        print("Deleted Images:")
-        for entry in report["ImagesDeleted"]:
-            for action, what in entry.items():
-                print(f"{action.lower()}: {what}")
-        print()
-    print(f"Total reclaimed space: {size(report['SpaceReclaimed'])}")
+    print_prune_report(report)
     return 0
 
 

@@ -4,18 +4,6 @@ from __future__ import annotations
 
 from hutch.errors import InvalidArgument
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(text: str, what: str) -> int:
-    """``10m``, ``512k``, ``1g`` or bytes; Docker's units are powers of 1024."""
-    number, unit = text.rstrip("bBkKmMgG"), text[len(text.rstrip("bBkKmMgG")) :].lower()
-    if unit.endswith("b") and len(unit) == 2:
-        unit = unit[0]
-    if not number.isdigit() or unit not in _UNITS:
-        raise InvalidArgument(f"invalid {what} {text!r}: expected a size such as 10m")
-    return int(number) * _UNITS[unit]
-
 
 def parse_log_opts(items: list[str]) -> dict:
     """``KEY=VALUE`` items -> {"max-size": bytes, "max-file": count}; unknown keys are errors."""
@@ -25,7 +13,9 @@ def parse_log_opts(items: list[str]) -> dict:
         if not sep or not value:
             raise InvalidArgument(f"invalid --log-opt {item!r}: expected KEY=VALUE")
         if key == "max-size":
-            size = parse_size(value, "--log-opt max-size")
+            from hutch.engine.resources import parse_bytes  # only when asked: off the plain run path
+
+            size = parse_bytes("log-opt max-size", value)
             if size <= 0:
                 raise InvalidArgument(f"invalid --log-opt max-size {value!r}: must be positive")
             result[key] = size

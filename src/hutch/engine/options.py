@@ -323,15 +323,11 @@ def check_vm_accel(value: str) -> str:
     return value
 
 
-def parse_memory_mib(text: str, minimum: int = 80) -> int:
+def parse_memory_mib(text: str, minimum: int = 80, flag: str = "vm-memory") -> int:
     """``128m``, ``1g``, ``268435456`` (bytes) -> MiB; at least ``minimum`` (smaller guests hang at boot)."""
-    units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    lowered = text.strip().lower()
-    number, unit = lowered.rstrip("bkmg"), lowered[len(lowered.rstrip("bkmg")) :]
-    unit = unit[:-1] if len(unit) == 2 and unit.endswith("b") else unit
-    if not number.isdigit() or unit not in units:
-        raise InvalidArgument(f"invalid memory size {text!r}: expected a number with k, m or g")
-    mib = int(number) * units[unit] // (1 << 20)
+    from hutch.engine.resources import parse_bytes
+
+    mib = parse_bytes(flag, text) // (1 << 20)
     if mib < minimum:
         raise InvalidArgument(f"memory size {text!r} is too small for a microVM: at least {minimum}m")
     return mib
