@@ -77,3 +77,58 @@ def test_auto_without_subordinate_ids_says_what_to_add(hutch, busybox):
         pytest.skip("this host grants root subordinate ids")
     result = hutch("run", "--rm", "--userns=auto", busybox, "true")
     assert result.code == 125 and "/etc/subuid" in result.err
+
+
+def test_chown_copy_fallback_shifts_owners_and_is_shared_then_pruned(hutch, busybox, subids):
+    """Hosts without idmapped mounts get chown-ed copies of the layers (forced here): the container sees
+    its files as its own, --userns-remap containers share one copy, and the copy goes with the last one."""
+    hutch.env["HUTCH_USERNS_LAYERS"] = "copy"
+    shifted = hutch.root / "layers-shifted"
+    try:
+        hutch.ok("run", "-d", "--name", "a", "--userns-remap", "default", busybox, "sleep", "60")
+        hutch.ok("run", "-d", "--name", "b", "--userns-remap", "default", busybox, "sleep", "60")
+        probe = "id -u; stat -c %u:%g /bin/busybox /etc; touch /new; stat -c %u /new"
+        assert hutch.ok("exec", "a", "sh", "-c", probe).split() == ["0", "0:0", "0:0", "0"]
+        copies = [p for p in shifted.iterdir() if not p.name.endswith(".lock")]
+        assert [p.name for p in copies] == [f"{subids}-{subids}-262144"]
+        layer = next(copies[0].iterdir())
+        assert (layer / "bin" / "busybox").stat().st_uid == subids
+        # the shared layers on disk keep host root as owner
+        assert (hutch.root / "layers" / layer.name / "bin" / "busybox").stat().st_uid == 0
+        mappings = json.loads(hutch.ok("inspect", "a"))[0]["HostConfig"]["IDMappings"]
+        assert mappings == {
+            "UidMap": [f"0:{subids}:262144"],
+            "GidMap": [f"0:{subids}:262144"],
+            "Layers": "copy",
+        }
+        hutch.ok("rm", "-f", "a")
+        assert copies[0].is_dir()  # b still uses it
+        hutch.ok("rm", "-f", "b")
+        assert not copies[0].exists()
+        out = hutch.ok("run", "--rm", "--userns=auto:size=70000", busybox, "stat", "-c", "%u", "/bin")
+        assert out == "0\n"
+        assert [p for p in shifted.iterdir() if not p.name.endswith(".lock")] == []
+    finally:
+        hutch("rm", "-f", "a", "b")
+
+
+def test_concurrent_auto_creates_get_disjoint_blocks(hutch, busybox, subids):
+    import concurrent.futures
+
+    names = [f"c{i}" for i in range(6)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+            results = list(
+                pool.map(
+                    lambda n: hutch("create", "--name", n, "--userns=auto:size=1000", busybox, "true"),
+                    names,
+                )
+            )
+        assert all(r.code == 0 for r in results), [r.err for r in results]
+        starts = set()
+        for name in names:
+            mappings = json.loads(hutch.ok("inspect", name))[0]["HostConfig"]["IDMappings"]
+            starts.add(mappings["UidMap"][0])
+        assert len(starts) == len(names)
+    finally:
+        hutch("rm", "-f", *names)

@@ -50,6 +50,7 @@ def cmd_system_prune(args: argparse.Namespace, ctx) -> int:
     from hutch.engine.networking import prune as prune_networks
 
     containers = ctx.engine.prune()
+    ctx.engine.prune_shifted_layers()  # also the copies a crash between copying and create left
     networks = prune_networks(ctx.engine)
     cgroups = prune_cgroups(ctx.engine)
     report = ctx.images.prune(all=args.all, in_use=ctx.containers_using_image)
@@ -82,6 +83,10 @@ def _summary(ctx) -> dict:
         "RunRoot": str(ctx.runroot),
     }
     info.update(hostinfo.host())
+    layers = ctx.root / "layers"
+    info["UserNamespaces"]["idmapped_layers"] = hostinfo.idmapped_mounts(
+        str(layers if layers.is_dir() else ctx.root)
+    )
     return info
 
 
@@ -109,7 +114,8 @@ def cmd_info(args: argparse.Namespace, ctx) -> int:
         "Security Options:",
         f" seccomp: kernel {_yes(sc['kernel'])}, libseccomp {sc['libseccomp'] or 'not found'}",
         f" user namespaces: {_yes(userns['available'])} (max {userns['max']}, /etc/subuid"
-        f" {'present' if userns['subuid'] else 'missing'})",
+        f" {'present' if userns['subuid'] else 'missing'}; layers"
+        f" {'idmapped' if userns['idmapped_layers'] else 'chown-ed copies'})",
         f"KVM: {'usable' if kvm['usable'] else ('present, not usable' if kvm['present'] else 'not present')}",
         f"Kernel Version: {info['KernelVersion']}",
         f"Operating System: {info['OperatingSystem']}",

@@ -19,6 +19,7 @@ from hutch.engine.names import random_name
 from hutch.engine.options import RunOptions
 from hutch.engine.records import LIVE_STATES, ContainerRecords, Record
 from hutch.errors import Conflict, HutchError, NotFound
+from hutch.fsutil import file_lock
 from hutch.runtime.rootfs import OverlayRoot
 from hutch.runtime.spawn import ContainerProcess, spawn
 
@@ -64,10 +65,18 @@ class Engine:
         from hutch.engine.security import check_rlimits
 
         check_rlimits(opts.ulimits)
-        if opts.userns != "host" or opts.userns_remap:
+        if opts.userns == "host" and not opts.userns_remap:
+            return self._create(opts)
+        # why the lock: an ``auto`` block is free only until the record that takes it is inserted.
+        with file_lock(self.root / "locks" / "userns"):
             opts.userns_map = self._userns_map(opts)
+            return self._create(opts)
+
+    def _create(self, opts: RunOptions) -> Record:
         image = self._images.resolve(opts.image)
         layers = self._images.rootfs_layers(image)
+        if opts.userns_map:
+            layers = self._userns_layers(opts, layers)
         cid = os.urandom(32).hex()
         host_net = opts.network == "host"
         network = networking.check_create(self, opts, image.run_config)
@@ -118,6 +127,33 @@ class Engine:
                 used.append((taken["uid"][0]["hostID"], taken["uid"][0]["size"]))
         return mappings(opts.userns, opts.userns_remap, used)
 
+    def _userns_layers(self, opts: RunOptions, layers: list[Path]) -> list[Path]:
+        """The layers as the container's root must see them: shared and idmapped at mount time where the
+        kernel can (nothing written), else chown-ed copies for this mapping (image.shifted)."""
+        from hutch.engine.userns import layer_mode
+
+        opts.userns_layers = layer_mode(layers[0].parent if layers else self.root)
+        if opts.userns_layers == "idmap" or not layers:
+            return layers
+        from hutch.image.shifted import shifted_layers
+
+        return shifted_layers(self.root, layers, opts.userns_map["uid"], opts.userns_map["gid"])
+
+    def prune_shifted_layers(self) -> None:
+        """Drop the shifted layer copies of mappings no container uses any more (after ``rm`` of one that
+        had them, and in ``system prune``)."""
+        from hutch.image.shifted import SUBDIR, mapping_key, prune
+
+        if not (self.root / SUBDIR).is_dir():
+            return
+        with file_lock(self.root / "locks" / "userns"):
+            keep = set()
+            for other in self.records.list():
+                options = other.config.get("options", {})
+                if options.get("userns_layers") == "copy":
+                    keep.add(mapping_key(options["userns_map"]["uid"], options["userns_map"]["gid"]))
+            prune(self.root, keep)
+
     def _insert_with_name(self, record: Record, wanted: str | None) -> None:
         if wanted:
             _check_name(wanted)
@@ -158,8 +194,6 @@ class Engine:
     def locked(self, cid: str):
         """An exclusive lock on one container, held across check-then-act sequences (start, rm): never a
         global lock, so operations on other containers never wait."""
-        from hutch.fsutil import file_lock
-
         return file_lock(self.root / "locks" / cid)
 
     def _start(self, record: Record, stdio: tuple[int, int, int], die_with_parent: bool) -> ContainerProcess:
@@ -276,7 +310,8 @@ class Engine:
         else:
             layers_dir = str(layers[0].parent)
             lower = [p.name if p.parent == layers[0].parent else str(p) for p in reversed(layers)]
-        return OverlayRoot(layers_dir, lower, str(cdir / "upper"), str(cdir / "work"))
+        idmap = record.config["options"].get("userns_layers") != "copy"
+        return OverlayRoot(layers_dir, lower, str(cdir / "upper"), str(cdir / "work"), idmap)
 
     def finish(self, record: Record, status: int) -> int:
         """After the init exited: remove the cgroup, record the exit code, and honour ``--rm``."""
@@ -404,6 +439,8 @@ class Engine:
         self.records.delete(cid)
         if record is not None:
             events.emit(self.root, "destroy", record)
+            if record.config.get("options", {}).get("userns_layers") == "copy":
+                self.prune_shifted_layers()
 
 
 def _rmtree(path: Path) -> None:

@@ -44,6 +44,13 @@ def user_namespaces() -> dict:
     }
 
 
+def idmapped_mounts(path: str) -> bool:
+    """Whether user-namespaced containers get idmapped layers here (else chown-ed copies)."""
+    from hutch.runtime.userns import idmap_supported
+
+    return idmap_supported(path)
+
+
 def kvm() -> dict:
     """/dev/kvm exists and can be opened read-write (whether a given guest kernel runs is probed later)."""
     present = os.path.exists("/dev/kvm")

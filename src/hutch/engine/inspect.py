@@ -138,6 +138,8 @@ def inspect_container(engine, record: Record) -> dict:
             "RestartPolicy": _restart_policy(opts.get("restart") or "no"),
             "LogConfig": {"Type": "k8s-file", "Config": opts.get("log_opts") or {}},
             "ReadonlyRootfs": spec.get("root", {}).get("readonly", False),
+            "UsernsMode": "" if opts.get("userns", "host") == "host" else opts["userns"],
+            "IDMappings": _id_mappings(opts),
             "Binds": [
                 f"{v['source']}:{v['destination']}" + (":ro" if v["readonly"] else "")
                 for v in opts.get("volumes", [])
@@ -154,3 +156,15 @@ def inspect_container(engine, record: Record) -> dict:
             },
         },
     }
+
+
+def _id_mappings(opts: dict) -> dict | None:
+    """Podman's ``IDMappings`` (``container:host:size`` strings) and how the layers are shifted."""
+    id_map = opts.get("userns_map")
+    if not id_map:
+        return None
+
+    def text(mappings: list[dict]) -> list[str]:
+        return [f"{m['containerID']}:{m['hostID']}:{m['size']}" for m in mappings]
+
+    return {"UidMap": text(id_map["uid"]), "GidMap": text(id_map["gid"]), "Layers": opts.get("userns_layers")}

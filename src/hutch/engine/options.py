@@ -73,6 +73,7 @@ class RunOptions:
         "userns": "host",
         "userns_remap": None,
         "userns_map": None,
+        "userns_layers": None,
         # --- networking (issue 6) ---
         "publish": list,
         "publish_all": False,

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import os
 import pwd
+from pathlib import Path
 
 from hutch.errors import InvalidArgument
 
@@ -100,3 +102,20 @@ def mappings(
 
 def _mapping(start: int, count: int) -> dict:
     return {"containerID": 0, "hostID": start, "size": min(count, 1 << 32)}
+
+
+def layer_mode(layers_dir: Path) -> str:
+    """``idmap`` or ``copy``: how a user-namespaced container's root sees the layers as its own.
+
+    ``HUTCH_USERNS_LAYERS=idmap|copy`` chooses; unset (or ``auto``), idmapped mounts are used when a probe
+    on the layers' filesystem succeeds. ``copy`` is what hosts without idmapped mounts get (and what the
+    tests force, to exercise it on hosts that have them).
+    """
+    wanted = os.environ.get("HUTCH_USERNS_LAYERS", "auto")
+    if wanted in ("idmap", "copy"):
+        return wanted
+    if wanted != "auto":
+        raise InvalidArgument(f"invalid HUTCH_USERNS_LAYERS {wanted!r}: expected auto, idmap or copy")
+    from hutch.runtime.userns import idmap_supported
+
+    return "idmap" if idmap_supported(str(layers_dir)) else "copy"

@@ -17,15 +17,17 @@ from hutch.runtime.userns import idmapped_clone
 
 class OverlayRoot:
     """An overlayfs root: read-only layer dirs (names relative to ``layers_dir``, top first) and the writable
-    per-container upper and work dirs."""
+    per-container upper and work dirs. ``idmap``: in a user namespace, idmap the layers when mounting
+    (False when they are already chown-ed copies, see hutch.image.shifted)."""
 
-    __slots__ = ("layers_dir", "lower", "upper", "work")
+    __slots__ = ("layers_dir", "lower", "upper", "work", "idmap")
 
-    def __init__(self, layers_dir: str, lower: list[str], upper: str, work: str) -> None:
+    def __init__(self, layers_dir: str, lower: list[str], upper: str, work: str, idmap: bool = True) -> None:
         self.layers_dir = layers_dir
         self.lower = lower
         self.upper = upper
         self.work = work
+        self.idmap = idmap
 
 
 # (name, type, major, minor): the devices every container gets (OCI runtime spec "Default Devices").
@@ -66,7 +68,7 @@ def mount_root(
     os.chdir(overlay.layers_dir)
     lower = overlay.lower
     clones: list[int] = []
-    if userns_fd is not None:
+    if userns_fd is not None and overlay.idmap:
         clones = [idmapped_clone(layer, userns_fd) for layer in lower]
         lower = [f"/proc/self/fd/{fd}" for fd in clones]
     try:

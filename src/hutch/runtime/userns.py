@@ -79,3 +79,22 @@ def host_id(mappings: list[dict], container_id: int = 0) -> int:
         if m["containerID"] <= container_id < m["containerID"] + m["size"]:
             return m["hostID"] + container_id - m["containerID"]
     return -1
+
+
+def idmap_supported(path: str) -> bool:
+    """Whether the filesystem under ``path`` can be idmapped here: a real attempt with a throwaway
+    namespace (the kernel version alone does not say, support is per filesystem)."""
+    try:
+        userns_fd = make_userns(
+            [{"containerID": 0, "hostID": 1 << 30, "size": 1}],
+            [{"containerID": 0, "hostID": 1 << 30, "size": 1}],
+        )
+    except OSError:
+        return False
+    try:
+        os.close(idmapped_clone(path, userns_fd))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(userns_fd)
