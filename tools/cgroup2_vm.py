@@ -54,6 +54,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+ip link set lo up
 for m in {modules}; do insmod /modules/$m.ko || echo "guest: insmod $m failed"; done
 mount -t virtiofs -o ro {tag} /newroot || {{ echo "{marker}125"; reboot -f; }}
 keep={keep}

@@ -32,6 +32,9 @@ SUBSET = [
     # the backend's own tests, on a real v2 hierarchy with controllers (seconds: no hutch commands)
     "tests/integration/test_cgroups.py",
     "tests/integration/test_devices_cgroup.py",
+    # not cgroups: the guest runs Debian 12's own kernel (6.1), whose nf_tables refused the published-port
+    # rules hutch wrote until they stopped using a map as a set; a published port proves they load there
+    "tests/integration/test_network.py::test_published_port_from_localhost_and_another_host",
 ]
 WHOLE = [
     "tests/integration/test_limits.py",

@@ -16,6 +16,10 @@ touches rule handles:
     forward (filter):        nothing in or out of an --internal network's bridge; nothing routed from
                              one hutch network to another (Docker's isolation between networks)
 
+why a bare ``dnat ... map``: a key missing from the map ends the rule (the lookup breaks), so no separate
+membership test is needed; and Linux 6.1 (Debian 12's kernel) refuses that test, a map used as a set
+("Invalid argument").
+
 why DNAT for localhost rather than a userspace proxy: the kernel path keeps a published port at the speed
 of a veth (measured in bench/), needs no process per port, and the source address seen by the container is
 the real peer for connections from other hosts.
@@ -39,8 +43,8 @@ _BODY = """table ip {table} {{
   map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; {ports_any} }}
   map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; {ports_ip} }}
   chain ports {{
-    ip daddr . meta l4proto . th dport @ports_ip dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
-    meta l4proto . th dport @ports_any dnat ip to meta l4proto . th dport map @ports_any
+    dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
+    dnat ip to meta l4proto . th dport map @ports_any
   }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
