@@ -160,3 +160,13 @@ def test_iptables_rules_shape():
     assert "-A HUTCH-X-POST -s 10.80.0.0/24 ! -o hbr-abc -j MASQUERADE" in script
     assert "-A HUTCH-X-FWD -i hbr-abc -o hbr-+ -j DROP" in script
     assert script.count("COMMIT") == 2
+
+
+def test_default_pool_falls_back_to_small_subnets_after_the_big_ones():
+    from hutch.network.manager import _default_pool
+
+    pool = list(_default_pool())
+    assert pool[0] == (ip_to_int("10.66.0.0"), 16) and pool[13] == (ip_to_int("10.79.0.0"), 16)
+    assert pool[14] == (ip_to_int("10.200.0.0"), 24) and pool[-1] == (ip_to_int("10.207.255.0"), 24)
+    assert len(pool) == 14 + 2048
+    assert not any(overlaps(a, b) for i, a in enumerate(pool) for b in pool[i + 1 : i + 40])

@@ -28,8 +28,11 @@ RESERVED = ("bridge", "default", "host", "none")
 
 
 # Pools chosen away from Docker's (172.17.0.0/16 up) and Podman's (10.88.0.0/16, 10.89.x.0/24) defaults.
+# A root's default network takes a /16 (65k addresses) while one of 14 is free, then a /24 from
+# 10.200.0.0/13 (2048 more), so many roots on one host (tests, CI jobs, users' --root) do not run out.
 def _default_pool():
-    return ((10 << 24 | n << 16, 16) for n in range(66, 80))
+    yield from ((10 << 24 | n << 16, 16) for n in range(66, 80))
+    yield from ((10 << 24 | n << 16 | m << 8, 24) for n in range(200, 208) for m in range(256))
 
 
 def _user_pool():
