@@ -55,6 +55,10 @@ def test_echo_hi_from_a_template_clone(hutch, busybox):
     templates = sorted(p.suffix for p in (hutch.root / "cache" / "vm" / "templates").iterdir())
     assert templates == [".mig", ".ram"]  # device state, and the RAM file clones map
     _assert_nothing_left(hutch)
+    disks = hutch.root / "cache" / "vm" / "disks"
+    assert len(list(disks.glob("*.erofs"))) == 1
+    hutch.ok("rmi", busybox)
+    assert list(disks.glob("*.erofs")) == []  # the image's microVM disk goes with the image
 
 
 def test_cold_boot_env_workdir_user_stdin_exit_code_and_kernel(hutch, busybox):

@@ -171,6 +171,7 @@ def cmd_rmi(args: argparse.Namespace, ctx) -> int:
         except HutchError as err:
             print(f"hutch: {err}", file=sys.stderr)
             status = 1
+    ctx.engine.sweep_vm_disks()
     return status
 
 
@@ -201,7 +202,9 @@ def cmd_prune(args: argparse.Namespace, ctx) -> int:
         )
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             return 0
-    print_prune_report(ctx.images.prune(all=args.all, in_use=_in_use(ctx)))
+    report = ctx.images.prune(all=args.all, in_use=_in_use(ctx))
+    report["SpaceReclaimed"] += ctx.engine.sweep_vm_disks()
+    print_prune_report(report)
     return 0
 
 

@@ -54,6 +54,7 @@ def cmd_system_prune(args: argparse.Namespace, ctx) -> int:
     networks = prune_networks(ctx.engine)
     cgroups = prune_cgroups(ctx.engine)
     report = ctx.images.prune(all=args.all, in_use=ctx.containers_using_image)
+    report["SpaceReclaimed"] += ctx.engine.sweep_vm_disks()
     for title, items in (
         ("Deleted Containers:", containers),
         ("Deleted Networks:", networks),

@@ -154,6 +154,15 @@ class Engine:
                     keep.add(mapping_key(options["userns_map"]["uid"], options["userns_map"]["gid"]))
             prune(self.root, keep)
 
+    def sweep_vm_disks(self) -> int:
+        """After images go: their cached microVM disks (``cache/vm/disks``) go too; returns bytes freed."""
+        disks = self.root / "cache" / "vm" / "disks"
+        if not disks.is_dir():
+            return 0
+        from hutch.vm.rootdisk import sweep
+
+        return sweep(disks, self.root / "layers")
+
     def _insert_with_name(self, record: Record, wanted: str | None) -> None:
         if wanted:
             _check_name(wanted)

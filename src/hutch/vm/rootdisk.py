@@ -87,3 +87,28 @@ def _child(base: Path, lower: str, merged: Path, out: Path, report: int) -> None
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then this child exits
         os.write(report, str(exc).encode())
     os._exit(1)
+
+
+def sweep(cache: Path, layers_dir: Path) -> int:
+    """Delete the disks whose top layer is gone from the store (after ``rmi`` or a prune), and temp files
+    of builds that died; returns the bytes freed. A running guest keeps its disk open, so it is unaffected."""
+    freed = 0
+    try:
+        names = os.listdir(cache)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        chain, dot, ext = name.partition(".")
+        stale_tmp = name.startswith(".") and ".tmp-" in name and not _alive(name.rpartition("-")[2])
+        if not stale_tmp and (ext != "erofs" or not dot or chain == "empty" or (layers_dir / chain).is_dir()):
+            continue
+        try:
+            freed += os.stat(cache / name).st_blocks * 512
+            os.unlink(cache / name)
+        except FileNotFoundError:
+            pass
+    return freed
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
