@@ -85,6 +85,7 @@ def attach(engine, record):
         mac=opts.get("mac_address"),
         aliases=opts.get("network_aliases") or [],
         publish=record.config.get("network", {}).get("publish", []),
+        tap=opts.get("isolation") == "vm",  # a microVM's card: a TAP on the bridge, not a veth
     )
 
 
@@ -125,6 +126,9 @@ def connect(engine, network: str, ref: str, ip: str | None = None, aliases: list
     record = engine.lookup(ref)
     if not is_bridged(record.config.get("options", {}).get("network", "none")):
         raise Conflict(f"container {record.name} has no network of its own to connect")
+    if record.config.get("options", {}).get("isolation") == "vm":
+        # its pid is the supervisor, a host process: a veth would land in the host's namespace
+        raise Conflict(f"network connect of container {record.name}: not supported with --isolation vm yet")
     if record.state != "running":
         raise Conflict(f"container {record.name} is not running")
     manager(engine).connect(
@@ -147,6 +151,8 @@ def renamed(engine, record, name: str) -> None:
 
 def disconnect(engine, network: str, ref: str) -> None:
     record = engine.lookup(ref)
+    if record.config.get("options", {}).get("isolation") == "vm" and record.state == "running":
+        raise Conflict(f"network disconnect of {record.name}: not supported with --isolation vm yet")
     manager(engine).disconnect(record.id, network)
 
 
