@@ -18,7 +18,7 @@ NIC = {"fd": 7, "mac": "02:42:0a:50:00:02", "address": "10.80.0.2", "prefixlen":
 def test_guest_network_script_sets_mac_address_mtu_and_route():
     lines = script.network(dict(NIC, mtu=1400)).splitlines()
     assert lines[0] == "set -e"  # a failing step fails the container's start, never half a network
-    assert "ip link set eth0 address 02:42:0a:50:00:02 mtu 1400" in lines
+    assert "ip link set eth0 address 02:42:0a:50:00:02 mtu 1400 up" in lines
     assert "ip addr add 10.80.0.2/24 broadcast + dev eth0" in lines
     assert lines[-1] == "ip route add default via 10.80.0.1"
     internal = script.network(dict(NIC, mtu=1500, gateway=""))
