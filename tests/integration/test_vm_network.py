@@ -124,6 +124,9 @@ def test_vm_on_a_user_network(net):
         )  # fmt: skip
         assert out.split()[0] == address and out.endswith("hello from the vm\n"), out
         assert f"127.0.0.1:{port}->80/tcp" in net.ok("ps")
+        # stats counts the guest's traffic (its TAP's), not the host's
+        received, _, sent = net.ok("stats", "--no-stream", "--format", "{{.NetIO}}", "vmbox").split()[:3]
+        assert received != "0B" and sent != "0B", (received, sent)
         net.ok("stop", "-t", "5", "vmbox", timeout=60)
         assert wait_until(lambda: not _taps())  # the TAP went with QEMU
         assert _qemu_pids(net.root) == []
