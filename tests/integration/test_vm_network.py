@@ -123,6 +123,17 @@ def test_vm_on_a_user_network(net):
             "sh", "-c", "grep -w vmbox /etc/hosts; wget -q -O- http://vmbox/index.html",
         )  # fmt: skip
         assert out.split()[0] == address and out.endswith("hello from the vm\n"), out
+        # a second guest (another clone of the same template) reaches the first by name: each clone has
+        # its own MAC (QEMU restores the template's; the guest sets its own), or the bridge could not
+        # tell them apart
+        mac = json.loads(net.ok("inspect", "vmbox"))[0]["NetworkSettings"]["MacAddress"]
+        out = net.ok(
+            "run", "--rm", "--network", "vmnet", *VM, net.image,
+            "sh", "-c", "cat /sys/class/net/eth0/address; wget -q -O- http://vmbox/index.html",
+            timeout=180,
+        )  # fmt: skip
+        own_mac, fetched = out.split("\n", 1)
+        assert own_mac.startswith("02:42:") and own_mac != mac and fetched == "hello from the vm\n", out
         assert f"127.0.0.1:{port}->80/tcp" in net.ok("ps")
         # stats counts the guest's traffic (its TAP's), not the host's
         received, _, sent = net.ok("stats", "--no-stream", "--format", "{{.NetIO}}", "vmbox").split()[:3]
