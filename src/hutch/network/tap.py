@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from hutch.errors import HutchError
 from hutch.linux import rtnl, tun
 from hutch.network.sandbox import hairpin
 
@@ -41,13 +42,18 @@ class Tap:
     def new(cls, network, endpoint) -> Tap:
         """The TAP ``endpoint.link``, up, on ``network``'s bridge; on failure nothing is left (closing the
         fd deletes the device)."""
-        fd = tun.open_tap(endpoint.link)
+        try:
+            fd = tun.open_tap(endpoint.link)
+        except OSError as err:
+            raise HutchError(f"cannot create TAP device {endpoint.link}: {err.strerror or err}")
         try:
             with rtnl.Socket() as host:
                 host.enslave_up(host.link_index(endpoint.link), host.link_index(network.bridge))
             hairpin(endpoint.link)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError):
+                raise HutchError(f"cannot attach {endpoint.link} to bridge {network.bridge}: {exc}")
             raise
         return cls(fd, network, endpoint)
 

@@ -145,7 +145,11 @@ def _spare_nic() -> dict:
     bridge, never up, deleted by the kernel when QEMU exits and this fd is closed."""
     from hutch.linux import tun
 
-    return {"fd": tun.open_tap(f"vhtpl{os.getpid() % 10**9}"), "mac": qemu.TEMPLATE_MAC}
+    name = f"vhtpl{os.getpid() % 10**9}"
+    try:
+        return {"fd": tun.open_tap(name), "mac": qemu.TEMPLATE_MAC}
+    except OSError as err:
+        raise HutchError(f"cannot create TAP device {name} for the template guest: {err.strerror or err}")
 
 
 def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
