@@ -348,9 +348,6 @@ def _vm_options(args: argparse.Namespace, resources: dict) -> dict:
     limit = resources.get("memory", {}).get("limit", 0)
     if memory is None and limit > 0:
         memory = parse_memory_mib(f"{limit}", flag="memory")
-    if args.network == "host" or args.network.startswith("container:"):
-        # the guest has its own kernel and network stack: it cannot share the host's or a container's
-        raise InvalidArgument(f"--network {args.network} with --isolation vm: use a bridge network or none")
     return {
         "vm_accel": accel,
         "vm_kernel": os.path.abspath(args.vm_kernel) if args.vm_kernel else None,

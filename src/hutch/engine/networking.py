@@ -26,6 +26,9 @@ def check_create(engine, opts, image_config: dict) -> dict:
     """At create time: the network must exist, the shared container must exist, fixed host ports must be
     free. Returns what the record keeps for start: the ports to publish (with ``-P`` expanded)."""
     mode = opts.network
+    if opts.isolation == "vm" and (mode == "host" or mode.startswith("container:")):
+        # the guest has its own kernel and network stack: it cannot share the host's or a container's
+        raise InvalidArgument(f"--network {mode} with --isolation vm: use a bridge network or none")
     publish = list(opts.publish)
     if opts.publish_all:
         from hutch.network.ports import exposed_ports
