@@ -433,3 +433,17 @@ def test_overlapping_subnets_are_refused(net):
         assert result.code == 125 and "overlaps" in result.err, result.err
     assert "two" not in net.ok("network", "ls")
     assert net("network", "create", "one").code == 125
+
+
+def test_restart_policy_keeps_a_fixed_published_port(net):
+    """The restarted container binds its host port again: the finisher must not still hold the old
+    socket the monitor passed on (it did: the restart exited 125)."""
+    port = free_port()
+    net.ok(
+        "run", "-d", "--name", "flaky", "--restart", "on-failure:2", "-p", f"{port}:80", net.image,
+        "sh", "-c", "echo run; sleep 0.3; exit 3",
+    )  # fmt: skip
+    assert wait_until(lambda: net.ok("logs", "flaky").count("run") == 3 and "Exited" in net.ok("ps", "-a"))
+    state = json.loads(net.ok("inspect", "flaky"))[0]
+    assert (state["RestartCount"], state["State"]["ExitCode"]) == (2, 3)
+    assert net.manager().ports.all() == []

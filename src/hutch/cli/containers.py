@@ -263,7 +263,7 @@ def run_options(args: argparse.Namespace):
         **vm,
         **parse_security_opts(args.security_opt),
         **_lifecycle_options(args),
-        **(network_options(args) if isolation != "vm" else {"network": "none"}),
+        **network_options(args),
     )
 
 
@@ -335,7 +335,7 @@ def _vm_options(args: argparse.Namespace, resources: dict) -> dict:
     when the ``--vm-*`` ones are not given (guest RAM and vCPUs are what a VM's limits are)."""
     import math
 
-    from hutch.engine.options import DEFAULT_NETWORK, InvalidArgument, check_vm_accel, parse_memory_mib
+    from hutch.engine.options import InvalidArgument, check_vm_accel, parse_memory_mib
 
     accel = check_vm_accel(args.vm_accel)
     cpus = args.vm_cpus
@@ -348,10 +348,6 @@ def _vm_options(args: argparse.Namespace, resources: dict) -> dict:
     limit = resources.get("memory", {}).get("limit", 0)
     if memory is None and limit > 0:
         memory = parse_memory_mib(f"{limit}", flag="memory")
-    if args.network not in ("none", DEFAULT_NETWORK) or args.publish or args.publish_all:
-        raise InvalidArgument(
-            "--network and -p with --isolation vm: guest networking (a tap on the bridge) is not there yet"
-        )
     return {
         "vm_accel": accel,
         "vm_kernel": os.path.abspath(args.vm_kernel) if args.vm_kernel else None,

@@ -210,7 +210,6 @@ class Engine:
         when a container asks for it). Both return a process to wait for and signal."""
         cgroup = cgroup_of(record)
         if record.config.get("options", {}).get("isolation") == "vm":
-            cgroup.create()
             return self._mark_started(record, self._start_vm(record, cgroup, stdio, die_with_parent))
         spec, attachment = self._attach_network(record)
         try:
@@ -255,11 +254,19 @@ class Engine:
         return proc
 
     def _start_vm(self, record: Record, cgroup, stdio, die_with_parent: bool) -> ContainerProcess:
-        """The microVM backend: no device rules (QEMU needs /dev/kvm; the guest's devices are its own)."""
+        """The microVM backend: no device rules (QEMU needs /dev/kvm; the guest's devices are its own).
+        A bridged one gets a TAP device on the bridge (made before the guest's config is written, so its
+        /etc/hosts has the address), whose fd goes to QEMU; this process keeps the port sockets."""
         from hutch.vm import backend
 
+        attachment = networking.attach(self, record)
         try:
-            return backend.start(
+            cgroup.create()
+        except BaseException:
+            self._release_network(record, attachment, failed=True)
+            raise
+        try:
+            proc = backend.start(
                 record.config["spec"],
                 [Path(p) for p in record.config["layers"]],
                 record.config["options"],
@@ -269,10 +276,14 @@ class Engine:
                 cgroup=cgroup,
                 stdio=stdio,
                 die_with_parent=die_with_parent,
+                nic=attachment.guest_config() if attachment is not None else None,
             )
         except BaseException:
             cgroup.destroy()
+            self._release_network(record, attachment, failed=True)
             raise
+        self._release_network(record, attachment, failed=False)  # QEMU holds the TAP now
+        return proc
 
     # --- networking (issue 6) ---
 

@@ -178,6 +178,7 @@ def finish(root: str, cid: str) -> None:
     from hutch.engine.containers import Engine, process_start_time
     from hutch.engine.restart import delay_before, should_restart
 
+    _close_inherited_fds()
     engine = Engine(Path(root), Database(Path(root) / "hutch.db"))
     record = engine.records.get(cid)
     if record is None:
@@ -205,6 +206,18 @@ def finish(root: str, cid: str) -> None:
     except HutchError as exc:
         engine.records.mark_exited(cid, exc.exit_code)
         raise
+
+
+def _close_inherited_fds() -> None:
+    """What the monitor passed on (the sockets holding the container's published host ports) is of no use
+    to the finisher, and a restart must bind those ports again: with the old sockets still open here, the
+    bind fails (EADDRINUSE) and the restarted container exits 125."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass  # the directory listing's own fd
 
 
 def read_exit_status(cdir) -> int | None:

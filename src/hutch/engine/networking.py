@@ -26,6 +26,9 @@ def check_create(engine, opts, image_config: dict) -> dict:
     """At create time: the network must exist, the shared container must exist, fixed host ports must be
     free. Returns what the record keeps for start: the ports to publish (with ``-P`` expanded)."""
     mode = opts.network
+    if opts.isolation == "vm" and (mode == "host" or mode.startswith("container:")):
+        # the guest has its own kernel and network stack: it cannot share the host's or a container's
+        raise InvalidArgument(f"--network {mode} with --isolation vm: use a bridge network or none")
     publish = list(opts.publish)
     if opts.publish_all:
         from hutch.network.ports import exposed_ports
@@ -85,6 +88,7 @@ def attach(engine, record):
         mac=opts.get("mac_address"),
         aliases=opts.get("network_aliases") or [],
         publish=record.config.get("network", {}).get("publish", []),
+        tap=opts.get("isolation") == "vm",  # a microVM's card: a TAP on the bridge, not a veth
     )
 
 
@@ -125,6 +129,9 @@ def connect(engine, network: str, ref: str, ip: str | None = None, aliases: list
     record = engine.lookup(ref)
     if not is_bridged(record.config.get("options", {}).get("network", "none")):
         raise Conflict(f"container {record.name} has no network of its own to connect")
+    if record.config.get("options", {}).get("isolation") == "vm":
+        # its pid is the supervisor, a host process: a veth would land in the host's namespace
+        raise Conflict(f"network connect of container {record.name}: not supported with --isolation vm yet")
     if record.state != "running":
         raise Conflict(f"container {record.name} is not running")
     manager(engine).connect(
@@ -147,6 +154,8 @@ def renamed(engine, record, name: str) -> None:
 
 def disconnect(engine, network: str, ref: str) -> None:
     record = engine.lookup(ref)
+    if record.config.get("options", {}).get("isolation") == "vm" and record.state == "running":
+        raise Conflict(f"network disconnect of {record.name}: not supported with --isolation vm yet")
     manager(engine).disconnect(record.id, network)
 
 

@@ -115,6 +115,12 @@ class Socket:
     def set_up(self, index: int) -> None:
         self.request(RTM_NEWLINK, 0, _ifinfo(index, IFF_UP, IFF_UP), f"set link {index} up")
 
+    def enslave_up(self, index: int, master: int) -> None:
+        """Make link ``index`` a port of bridge ``master`` and bring it up, in one request (a microVM's
+        TAP device: it exists already, made through /dev/net/tun)."""
+        body = _ifinfo(index, IFF_UP, IFF_UP) + _attr(IFLA_MASTER, struct.pack("I", master))
+        self.request(RTM_NEWLINK, 0, body, f"attach link {index} to bridge {master}")
+
     def add_veth(
         self, name: str, peer: str, peer_netns_fd: int, master: int, peer_mac: str | None = None
     ) -> None:

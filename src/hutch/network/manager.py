@@ -64,8 +64,9 @@ def parse_subnet(text: str) -> tuple[int, int]:
 
 
 class Attachment:
-    """What a started container holds on to: its namespace (until its init has entered it) and the
-    sockets that keep its published host ports reserved (for the container's lifetime)."""
+    """What a started container holds on to: its namespace (until its init has entered it) or, for a
+    microVM, its TAP device (until QEMU has inherited it), and the sockets that keep its published host
+    ports reserved (for the container's lifetime)."""
 
     def __init__(self, sandbox, sockets: list, endpoint: Endpoint) -> None:
         self.sandbox = sandbox
@@ -76,8 +77,13 @@ class Attachment:
     def netns_path(self) -> str:
         return self.sandbox.path
 
+    def guest_config(self) -> dict:
+        """A microVM's card: the TAP fd and the guest's eth0 settings (see ``network.tap``)."""
+        return self.sandbox.guest_config()
+
     def release_namespace(self) -> None:
-        """After the init has joined: our fd is no longer needed, the container's processes hold it."""
+        """After the init has joined (or QEMU has inherited the TAP): our fd is no longer needed, the
+        container's processes hold it."""
         self.sandbox.close()
 
 
@@ -253,9 +259,11 @@ class NetworkManager:
         mac: str | None = None,
         aliases: list[str] | None = None,
         publish: list[dict] | None = None,
+        tap: bool = False,
     ) -> Attachment:
-        """A new network namespace for ``cid`` wired to ``network``, with its published ports; on any
-        failure nothing is left (lease, ports, rules, namespace)."""
+        """A new network namespace for ``cid`` wired to ``network`` (``tap``: a TAP device on the bridge
+        for a microVM instead), with its published ports; on any failure nothing is left (lease, ports,
+        rules, namespace or TAP)."""
         from hutch.network.sandbox import Sandbox
 
         with self._lock():
@@ -268,8 +276,13 @@ class NetworkManager:
             box = None
             try:
                 sockets = self._publish(cid, ep, publish or [])
-                box = Sandbox.new()
-                box.add_interface(net, ep, "eth0", default_route=True)
+                if tap:
+                    from hutch.network.tap import Tap
+
+                    box = Tap.new(net, ep)
+                else:
+                    box = Sandbox.new()
+                    box.add_interface(net, ep, "eth0", default_route=True)
                 dns.add_self(hosts_path, ep.address, [hostname])
                 if net.name != DEFAULT_NETWORK:
                     dns.refresh(self.ipam, {cid} | dns.neighbours(self.ipam, cid))

@@ -30,7 +30,7 @@ def _open_ns(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _hairpin(host_link: str) -> None:
+def hairpin(host_link: str) -> None:
     """Let the bridge send a frame back out of the port it came in by: with br_netfilter loaded (as on
     this host), a container reaching its own published port through the host is DNAT'ed at the bridge and
     sent back to its own port, which a bridge refuses unless the port is in hairpin mode (Docker does the
@@ -96,7 +96,7 @@ class Sandbox:
                 # own from its last run, whose namespace the kernel is still destroying (restart).
                 host.delete_link(endpoint.link)
                 host.add_veth(endpoint.link, ifname, self.ns_fd, bridge, endpoint.mac)
-        _hairpin(endpoint.link)
+        hairpin(endpoint.link)
         index = self.inside.link_index(ifname)
         self.inside.add_address(index, endpoint.address, network.prefixlen, network.broadcast)
         self.inside.set_up(index)

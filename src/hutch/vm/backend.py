@@ -55,14 +55,22 @@ def start(
     cgroup: object | None,
     stdio: tuple[int, int, int],
     die_with_parent: bool,
+    nic: dict | None = None,
 ) -> ContainerProcess:
-    """Boot the guest for one container and return once its command is about to run (or raise)."""
+    """Boot the guest for one container and return once its command is about to run (or raise).
+
+    ``nic``: the guest's network card, from the engine (``network.tap``): a TAP fd on the bridge, which
+    QEMU inherits, and the address, MAC, gateway and MTU the guest sets on its eth0. The caller keeps and
+    closes its own copy of the fd."""
     if spec["process"].get("terminal"):
         raise HutchError("-t is not supported with --isolation vm yet")
     settings = VmSettings(options)
     parts = prepare(settings, layers, cache, scratch)
     volumes = list(options.get("volumes") or [])
     stage2 = script.stage2(spec, layers, volumes)  # a bad --user fails here, before anything is made
+    if nic is not None:
+        stage2 = script.network(nic) + stage2
+        parts["nic"] = nic
     shares = virtiofs.shares(state_dir.name, volumes)
     ours, theirs = supervisor.port_pairs()
     try:
@@ -87,6 +95,9 @@ def _argv(
     machine, share_argv = virtiofs.qemu_args(list(shares), settings.memory_mib)
     if ram is not None:
         machine, share_argv = template.ram_args(ram[0], settings.memory_mib, ram[1])
+    nic = parts.get("nic")
+    if nic is not None:
+        share_argv = share_argv + qemu.nic_args(nic["fd"], nic["mac"])
     return qemu.command(
         kernel=parts["vmlinux"],
         initrd=parts["initrd"],
@@ -98,6 +109,7 @@ def _argv(
         qmp_fd=theirs["qmp"].fileno(),
         console_log=str(state_dir / "console.log"),
         khz=qemu.tsc_khz(),
+        extra_cmdline=qemu.NET_CMDLINE if nic is not None else "",
         extra_machine=machine,
         extra_argv=share_argv + (["-incoming", "defer"] if parts.get("template") else []),
     )
@@ -106,19 +118,38 @@ def _argv(
 def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Path) -> None:
     """Find or build the template this guest restores from (parts gains "placeholder" and "template")."""
     parts["placeholder"] = str(template.placeholder(cache))
+    nic = parts.get("nic")
     path = template.template_path(
-        cache, parts["vmlinux"], parts["initrd"], settings.memory_mib, settings.cpus, parts["accel"]
-    )
+        cache, parts["vmlinux"], parts["initrd"], settings.memory_mib, settings.cpus, parts["accel"],
+        nic=nic is not None,
+    )  # fmt: skip
     if not path.exists():
         ours, theirs = supervisor.port_pairs()
+        spare = _spare_nic() if nic is not None else None
         try:
             ram_tmp = path.with_name(f".{path.stem}.ram.tmp-{os.getpid()}")
-            argv = _argv(settings, parts, theirs, state_dir, ram=(ram_tmp, True))
-            template.build(path, argv, theirs, ours, _timeout(settings, parts), ram_tmp)
+            argv = _argv(settings, dict(parts, nic=spare), theirs, state_dir, ram=(ram_tmp, True))
+            extra = (spare["fd"],) if spare else ()
+            template.build(path, argv, theirs, ours, _timeout(settings, parts), ram_tmp, extra)
         finally:
             for s in (*ours.values(), *theirs.values()):
                 s.close()
+            if spare is not None:
+                os.close(spare["fd"])
     parts["template"] = str(path)
+
+
+def _spare_nic() -> dict:
+    """A template guest's card needs a backend with the clones' features (a TAP with virtio-net headers,
+    or the restore fails on offload bits the device no longer offers), but no network: a TAP on no
+    bridge, never up, deleted by the kernel when QEMU exits and this fd is closed."""
+    from hutch.linux import tun
+
+    name = f"vhtpl{os.getpid() % 10**9}"
+    try:
+        return {"fd": tun.open_tap(name), "mac": qemu.TEMPLATE_MAC}
+    except OSError as err:
+        raise HutchError(f"cannot create TAP device {name} for the template guest: {err.strerror or err}")
 
 
 def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
@@ -137,6 +168,7 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         daemons=[(share.daemon_argv(), share.sock.fileno()) for share in shares],
         daemon_log=str(state_dir / "virtiofsd.log"),
         restore=(parts["template"], parts["disk"]) if parts.get("template") else None,
+        tap_fd=parts["nic"]["fd"] if parts.get("nic") else -1,
     )
 
 
@@ -166,6 +198,8 @@ def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent
         _own_stdio(launch)
         keep = {report, *(s.fileno() for s in (*ours.values(), *theirs.values()))}
         keep.update(fd for _argv, fd in launch.daemons)
+        if launch.tap_fd >= 0:
+            keep.add(launch.tap_fd)
         _close_fds_except(keep)
         if die_with_parent:
             from hutch.linux import syscalls as sc

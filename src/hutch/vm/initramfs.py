@@ -23,6 +23,9 @@ BUSYBOX = "/bin/busybox"
 MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "erofs", "overlay")
 # Loaded by the stage-2 script only when the container has volumes (virtiofs needs fuse).
 VOLUME_MODULES = ("virtiofs",)
+# Loaded by the init before "ready" only when the guest has a network card (``hutch.net`` on the kernel
+# command line), so a --network none guest, and its template, never pay for them.
+NET_MODULES = ("virtio_net",)
 _DATA = Path(__file__).with_name("data")
 
 
@@ -166,7 +169,9 @@ def build(modules_dir: Path) -> bytes:
     cpio.file("bin/busybox", busybox, 0o755)
     cpio.symlink("bin/sh", "busybox")
     volume_order = [p for p in load_order(VOLUME_MODULES, deps, _builtin(modules_dir)) if p not in order]
-    for listing, paths in (("modules", order), ("modules.volumes", volume_order)):
+    net_order = [p for p in load_order(NET_MODULES, deps, _builtin(modules_dir)) if p not in order]
+    listings = (("modules", order), ("modules.volumes", volume_order), ("modules.net", net_order))
+    for listing, paths in listings:
         names = []
         for path in paths:
             name = module_name(path) + ".ko"

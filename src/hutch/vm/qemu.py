@@ -101,3 +101,16 @@ def command(
     if qmp_fd is not None:
         argv += ["-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control"]
     return argv
+
+
+# --- networking: one virtio-net card on a TAP device hutch made (see hutch.network.tap) ---------------
+
+NET_CMDLINE = "hutch.net"  # tells the guest's init to load the virtio-net driver before "ready"
+TEMPLATE_MAC = "02:00:00:00:00:01"  # a template's card; each clone's guest sets its own MAC after restore
+
+
+def nic_args(tap_fd: int, mac: str) -> list[str]:
+    """The guest's card: ``virtio-net-device`` on the TAP fd QEMU inherits. The same arguments (and so
+    the same device set) for a template and its clones; only the fd and MAC differ, and the MAC QEMU
+    holds is replaced by the template's on restore, which is why the guest sets it again (see script)."""
+    return ["-netdev", f"tap,id=net0,fd={tap_fd}", "-device", f"virtio-net-device,netdev=net0,mac={mac}"]

@@ -38,10 +38,12 @@ class Launch:
         "daemons",
         "daemon_log",
         "restore",
+        "tap_fd",
     )
 
     def __init__(self, **values) -> None:
-        # argv: QEMU's; script: the guest's stage 2; daemons: (argv, listening fd) of each virtiofsd.
+        # argv: QEMU's; script: the guest's stage 2; daemons: (argv, listening fd) of each virtiofsd;
+        # tap_fd: the network card's TAP device (-1: none), inherited by QEMU only.
         for name in self.__slots__:
             setattr(self, name, values[name])
 
@@ -58,6 +60,8 @@ def run(
         qemu_pid = _start_qemu(launch, qemu_ends)
         for s in qemu_ends.values():
             s.close()
+        if launch.tap_fd >= 0:
+            os.close(launch.tap_fd)  # why: QEMU alone holds the TAP, so it goes when QEMU does
         ctl = ports["hutch.ctl"]
         if launch.restore is not None:
             _restore(launch, ports["qmp"])
@@ -108,6 +112,8 @@ def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket]) -> int:
         os.setpgid(0, 0)
         for s in qemu_ends.values():
             os.set_inheritable(s.fileno(), True)
+        if launch.tap_fd >= 0:
+            os.set_inheritable(launch.tap_fd, True)
         null = os.open("/dev/null", os.O_RDWR)
         log = os.open(launch.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         os.dup2(null, 0)

@@ -40,9 +40,15 @@ def placeholder(cache: Path) -> Path:
     return path
 
 
-def template_path(cache: Path, vmlinux: str, initrd: str, memory_mib: int, cpus: int, accel: str) -> Path:
-    key = hashlib.sha256(f"{VERSION}:{vmlinux}:{initrd}:{memory_mib}:{cpus}:{accel}".encode()).hexdigest()
-    return cache / "templates" / f"{key[:24]}.mig"
+def template_path(
+    cache: Path, vmlinux: str, initrd: str, memory_mib: int, cpus: int, accel: str, nic: bool = False
+) -> Path:
+    """``<what it boots>-<shape>.mig``: a new kernel or initramfs replaces every older template, while
+    templates of other shapes (memory, vCPUs, a network card or none) of the same build live side by
+    side, so containers that alternate between them do not rebuild one another's."""
+    build = hashlib.sha256(f"{VERSION}:{vmlinux}:{initrd}".encode()).hexdigest()[:16]
+    shape = hashlib.sha256(f"{memory_mib}:{cpus}:{accel}:{'net' if nic else ''}".encode()).hexdigest()[:8]
+    return cache / "templates" / f"{build}-{shape}.mig"
 
 
 def ram_path(path: Path) -> Path:
@@ -61,14 +67,14 @@ _IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": Tr
 
 
 def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: dict[str, socket.socket],
-          timeout: float, ram_tmp: Path) -> None:  # fmt: skip
+          timeout: float, ram_tmp: Path, extra_fds: tuple[int, ...] = ()) -> None:  # fmt: skip
     """Boot ``argv`` (cold, placeholder disk, RAM in ``ram_tmp``) until the guest is ready, then save its
     device state into ``path`` (RAM stays in the file: ``x-ignore-shared``)."""
     os.makedirs(path.parent, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     proc = subprocess.Popen(
         argv,
-        pass_fds=[s.fileno() for s in theirs.values()],
+        pass_fds=[s.fileno() for s in theirs.values()] + list(extra_fds),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -86,8 +92,9 @@ def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: d
         proc.wait(timeout=10)
         os.rename(ram_tmp, ram_path(path))  # the RAM first: the .mig file's presence means complete
         os.rename(tmp, path)
+        build_key = path.stem.split("-")[0]
         for old in path.parent.iterdir():
-            if old.stem != path.stem and old.suffix in (".mig", ".ram"):
+            if old.stem.split("-")[0] != build_key and old.suffix in (".mig", ".ram"):
                 old.unlink(missing_ok=True)
     except BaseException as exc:
         exited = proc.poll()

@@ -11,8 +11,15 @@ fail() { echo "hutch-init: $*" >/dev/ttyS0; [ -n "$CTL" ] && echo "fail $*" >&3;
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 # hutch's KVM probe: reaching this line is the proof the accelerator runs this kernel.
-case " $(cat /proc/cmdline) " in *" hutch.probe "*) echo hutch-probe-ok >/dev/ttyS0 && poweroff -f ;; esac
+read -r CMDLINE </proc/cmdline
+case " $CMDLINE " in *" hutch.probe "*) echo hutch-probe-ok >/dev/ttyS0 && poweroff -f ;; esac
 for m in $(cat /modules); do insmod "/lib/modules/$m" || fail "insmod $m"; done
+# --- network card (hutch.net): its driver before "ready", so a template clone has it loaded; the host
+# sends eth0's settings with the config (see hutch/vm/script.py network).
+case " $CMDLINE " in *" hutch.net "*)
+	for m in $(cat /modules.net); do insmod "/lib/modules/$m" || fail "insmod $m"; done ;;
+esac
+# --- end network card
 # Port names reach the guest asynchronously after the ports appear: look until all four are named.
 tries=0
 until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
