@@ -226,6 +226,7 @@ class Engine:
                 cgroup=cgroup,
                 stdio=stdio,
                 die_with_parent=die_with_parent,
+                seccomp_program=self._seccomp_program(record.config["spec"]),
             )
         except BaseException:
             cgroup.destroy()

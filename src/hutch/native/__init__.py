@@ -16,21 +16,28 @@ from hutch.errors import HutchError
 _SOURCES = Path(__file__).parent
 
 
-def program(name: str, cache_dir: Path) -> str:
+def program(name: str, cache_dir: Path, static: bool = False) -> str:
     """Path of the compiled ``name`` (``monitor`` -> ``monitor.c``), building it if this version lacks one.
 
     The binary's name carries the source's size and mtime, so an upgrade never runs a stale build, and a
-    stat is all a warm call costs.
+    stat is all a warm call costs. ``static``: linked statically and optimised for size, for a guest whose
+    initramfs has no C library (``vmagent``; Debian's libc6-dev ships libc.a).
     """
     source = _SOURCES / f"{name}.c"
     st = source.stat()
-    target = cache_dir / f"hutch-{name}-{st.st_size:x}-{st.st_mtime_ns:x}"
+    kind = "-static" if static else ""
+    target = cache_dir / f"hutch-{name}{kind}-{st.st_size:x}-{st.st_mtime_ns:x}"
     if os.access(target, os.X_OK):
         return str(target)
-    return _compile(source, target)
+    return _compile(source, target, ["-static", "-Os"] if static else ["-O2"])
 
 
-def _compile(source: Path, target: Path) -> str:
+def source_path(name: str) -> Path:
+    """The C source of ``name``, for callers whose caches depend on it."""
+    return _SOURCES / f"{name}.c"
+
+
+def _compile(source: Path, target: Path, flags: list[str]) -> str:
     import shutil
     import subprocess
 
@@ -40,7 +47,7 @@ def _compile(source: Path, target: Path) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}")
     result = subprocess.run(
-        [compiler, "-O2", "-s", "-o", str(temp), str(source)], capture_output=True, text=True, check=False
+        [compiler, *flags, "-s", "-o", str(temp), str(source)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         temp.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hutch.errors import HutchError
 from hutch.runtime.spawn import ContainerProcess
-from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
+from hutch.vm import accel, frames, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
 
 MIN_MEMORY_MIB = 80  # smaller guests deadlock at boot
 DEFAULT_MEMORY_MIB = 128
@@ -55,24 +55,50 @@ def start(
     cgroup: object | None,
     stdio: tuple[int, int, int],
     die_with_parent: bool,
+    seccomp_program: bytes | None = None,
 ) -> ContainerProcess:
-    """Boot the guest for one container and return once its command is about to run (or raise)."""
-    if spec["process"].get("terminal"):
-        raise HutchError("-t is not supported with --isolation vm yet")
+    """Boot the guest for one container and return once its command is about to run (or raise).
+
+    With a terminal (``-t``) the guest agent makes a pty inside the guest; on the host the supervisor's
+    stdio is the slave of a host pty whose master the caller relays, as a namespace container's."""
     settings = VmSettings(options)
     parts = prepare(settings, layers, cache, scratch)
     volumes = list(options.get("volumes") or [])
     stage2 = script.stage2(spec, layers, volumes)  # a bad --user fails here, before anything is made
+    config = script.agent_config(spec, layers, seccomp_program)
     shares = virtiofs.shares(state_dir.name, volumes)
     ours, theirs = supervisor.port_pairs()
+    master = slave = None
     try:
         if settings.template:
             _template_for(settings, parts, cache, state_dir)
+        tty = bool(spec["process"].get("terminal"))
+        if tty:
+            master, slave = host_pty()
+            stdio = (slave, slave, slave)
         launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
-        return _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
+        launch.config, launch.tty = config, tty
+        launch.exec_name = frames.socket_name(state_dir.name)
+        proc = _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
+        proc.console, master = master, None
+        return proc
     finally:
         for s in (*ours.values(), *theirs.values(), *(share.sock for share in shares)):
             s.close()  # a second close (after the fork) is a no-op
+        for fd in (master, slave):
+            if fd is not None:
+                os.close(fd)
+
+
+def host_pty() -> tuple[int, int]:
+    """A host pty whose slave carries the guest pty's bytes untouched (raw: the guest's line discipline
+    already echoes and translates); the master is the caller's console, as with a namespace container."""
+    import tty
+
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    tty.setraw(slave)
+    return master, slave
 
 
 def _timeout(settings: VmSettings, parts: dict) -> float:
@@ -137,6 +163,9 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         daemons=[(share.daemon_argv(), share.sock.fileno()) for share in shares],
         daemon_log=str(state_dir / "virtiofsd.log"),
         restore=(parts["template"], parts["disk"]) if parts.get("template") else None,
+        config=b"",
+        tty=False,
+        exec_name=b"",
     )
 
 

@@ -3,9 +3,9 @@
 The guest has busybox and nothing else, and parsing JSON in ash is no fun; so the host, which has the OCI
 spec, writes the whole set-up as a plain script with every value single-quoted, and the guest runs it as
 pid 1 of a fresh pid, mount, uts and ipc namespace. The script mounts the container's /proc, /dev and
-/sys into the overlay root, writes the /etc files, sets the hostname, and finally execs the command via
-busybox ``nsenter -r -w -S -G``: chroot, working directory and numeric user in one exec, so nothing of
-the initramfs is visible to the command. Applets are called by name, never as ``/bin/busybox X``: Debian's
+/sys into the overlay root, writes the /etc files and sets the hostname; then the guest agent
+(``native/vmagent.c``, configured by ``agent_config``) moves the root over the initramfs and does what
+busybox cannot: groups, rlimits, capabilities, no_new_privs, seccomp, and the exec. Applets are called by name, never as ``/bin/busybox X``: Debian's
 busybox sh runs them in-process or fork-only (FEATURE_SH_STANDALONE), where under TCG each exec of the
 2 MB binary costs tens of milliseconds.
 """
@@ -18,7 +18,6 @@ from pathlib import Path
 from hutch.runtime.users import ExecUser, resolve_user
 
 ROOT = "/newroot"
-B = "/bin/busybox"
 _DEVICES = (
     ("null", 1, 3),
     ("zero", 1, 5),
@@ -110,9 +109,8 @@ def _environment(spec: dict, user: ExecUser) -> list[str]:
 
 def stage2(spec: dict, layers: list[Path], volumes: list[dict] | None = None) -> str:
     """The whole script; values quoted, so a hostile image config or ``-e`` cannot inject commands."""
-    proc = spec["process"]
-    user = exec_user(spec, layers)
-    cwd = proc.get("cwd") or "/"
+    exec_user(spec, layers)  # a bad --user fails here, before anything is started
+    cwd = spec["process"].get("cwd") or "/"
     lines = [
         "set -e",
         f"mkdir -p {ROOT}/proc {ROOT}/dev {ROOT}/sys {ROOT}/tmp {q(ROOT + cwd)}",
@@ -126,8 +124,13 @@ def stage2(spec: dict, layers: list[Path], volumes: list[dict] | None = None) ->
     ]
     if spec.get("root", {}).get("readonly"):
         lines.append(f"mount -o remount,ro {ROOT}")
-    ids = f"-S {user.uid} -G {user.gid} " if user.uid or user.gid else ""
-    env = " ".join(q(item) for item in _environment(spec, user))
-    args = " ".join(q(a) for a in proc["args"])
-    lines.append(f"exec {B} env -i {env} {B} nsenter -r{ROOT} -w{q(ROOT + cwd)} {ids}-F -- {args}")
     return "\n".join(lines) + "\n"
+
+
+def agent_config(spec: dict, layers: list[Path], program: bytes | None, root: str | None = ROOT) -> bytes:
+    """The guest agent's config for ``spec``'s process (``root=None``: an exec into the running
+    container)."""
+    from hutch.vm import agentconf
+
+    user = exec_user(spec, layers)
+    return agentconf.encode(spec, user, _environment(spec, user), program, root)
