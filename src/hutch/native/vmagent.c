@@ -421,7 +421,10 @@ static void start_exec(int id, unsigned char *conf, uint32_t len, pid_t cpid, in
 		if (!execs[i].used)
 			e = &execs[i];
 	int code = 125;
-	if (!e || parse_config(conf, len, &c) < 0) {
+	uint32_t declared = 0;
+	if (len >= 4)
+		memcpy(&declared, conf, 4);
+	if (!e || declared != len - 4 || parse_config(conf + 4, declared, &c) < 0) {
 		send_frame(F_STDERR, id, "hutch: bad exec request\n", 24);
 		send_frame(F_EXIT, id, &code, 4);
 		return;

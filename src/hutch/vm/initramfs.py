@@ -1,12 +1,12 @@
-"""The guest's initramfs: busybox-static, hutch's init script, its guest agent (``native/vmagent.c``,
-compiled statically on the host) and only the kernel modules the guest needs.
+"""The guest's initramfs: busybox-static, hutch's init script, its guest agent (``native/vmagent.c``, compiled
+statically on the host) and only the kernel modules the guest needs.
 
-Built once per (kernel release, busybox, init script, agent source) and cached. It is a newc cpio
-compressed with LZ4 in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and under
-TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
+Built once per (kernel release, busybox, init script, agent source) and cached. It is a newc cpio compressed
+with LZ4 in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and
+under TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
 time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
-dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's
-``insmod`` needs no decompressor.
+dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's ``insmod``
+needs no decompressor.
 """
 
 from __future__ import annotations

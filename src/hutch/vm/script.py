@@ -1,13 +1,13 @@
 """The container's configuration as a shell script for the guest's init (stage 2).
 
 The guest has busybox and nothing else, and parsing JSON in ash is no fun; so the host, which has the OCI
-spec, writes the whole set-up as a plain script with every value single-quoted, and the guest runs it as
-pid 1 of a fresh pid, mount, uts and ipc namespace. The script mounts the container's /proc, /dev and
-/sys into the overlay root, writes the /etc files and sets the hostname; then the guest agent
-(``native/vmagent.c``, configured by ``agent_config``) moves the root over the initramfs and does what
-busybox cannot: groups, rlimits, capabilities, no_new_privs, seccomp, and the exec. Applets are called by name, never as ``/bin/busybox X``: Debian's
-busybox sh runs them in-process or fork-only (FEATURE_SH_STANDALONE), where under TCG each exec of the
-2 MB binary costs tens of milliseconds.
+spec, writes the whole set-up as a plain script with every value single-quoted, and the guest runs it as pid
+1 of a fresh pid, mount, uts and ipc namespace. The script mounts the container's /proc, /dev and /sys into
+the overlay root, writes the /etc files and sets the hostname; then the guest agent (``native/vmagent.c``,
+configured by ``agent_config``) moves the root over the initramfs and does what busybox cannot: groups,
+rlimits, capabilities, no_new_privs, seccomp, and the exec. Applets are called by name, never as
+``/bin/busybox X``: Debian's busybox sh runs them in-process or fork-only (FEATURE_SH_STANDALONE), where
+under TCG each exec of the 2 MB binary costs tens of milliseconds.
 """
 
 from __future__ import annotations

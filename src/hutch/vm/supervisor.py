@@ -230,7 +230,8 @@ def _follow_window_size(ctl: socket.socket) -> None:
             rows, cols = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))[:2]
         except OSError:
             return
-        _send(ctl, b"winch %d %d\n" % (rows, cols))
+        if rows or cols:  # 0x0: the caller has no terminal size to give
+            _send(ctl, b"winch %d %d\n" % (rows, cols))
 
     signal.signal(signal.SIGWINCH, winch)
     winch(0, None)
@@ -264,8 +265,8 @@ def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.soc
         except InterruptedError:
             continue
         for fd in ready:
-            if router.handle(fd, readers):
-                continue
+            if fd not in readers or router.handle(fd, readers):
+                continue  # (a client dropped earlier in this round, or the router's)
             data = _read(fd)
             if fd == stdin_fd:
                 if data:
