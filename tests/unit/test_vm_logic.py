@@ -74,13 +74,18 @@ def _records(config: bytes) -> dict[int, list[bytes]]:
     return found
 
 
-def test_stage2_quotes_every_value_and_the_agent_gets_args_env_and_cwd_verbatim(tmp_path):
+def test_the_agent_gets_args_env_cwd_and_set_up_steps_verbatim(tmp_path):
     hostile = "X=a'b; $(reboot) `id`"
     spec = _spec(env=["PATH=/bin", hostile], cwd="/we ird")
-    spec["mounts"] = [{"type": "tmpfs", "destination": "/x $(id)", "options": ["rw"]}]
-    text = script.stage2(spec, [tmp_path])
-    assert "mkdir -p '/newroot/x $(id)'" in text and "nsenter" not in text
+    spec["mounts"] = [{"type": "tmpfs", "destination": "/x $(id)", "options": ["rw", "noexec", "size=1m"]}]
+    spec["root"] = {"readonly": True}
+    assert script.stage2(spec, [tmp_path]) == ""  # nothing left for busybox sh
     rec = _records(script.agent_config(spec, [tmp_path], None))
+    assert b"/newroot/x $(id)\0" in rec[agentconf.MKDIR] and b"/newroot/we ird\0" in rec[agentconf.MKDIR]
+    mounts = [(struct.unpack_from("<Q", m)[0], m[8:].split(b"\0")[:4]) for m in rec[agentconf.MOUNT]]
+    assert (8, [b"tmpfs", b"tmpfs", b"/newroot/x $(id)", b"size=1m"]) in mounts  # noexec is MS_NOEXEC
+    assert mounts[-1] == (32 | 1, [b"", b"", b"/newroot", b""])  # --read-only: a remount, last
+    assert rec[agentconf.HOSTNAME] == [b"h\0"] and rec[agentconf.DEVICES] == [b"/newroot/dev\0"]
     assert rec[agentconf.ARG] == [b"sh\0", b"-c\0", b"echo $X\0"]
     assert rec[agentconf.ENV] == [b"PATH=/bin\0", hostile.encode() + b"\0", b"HOME=/\0"]
     assert rec[agentconf.CWD] == [b"/we ird\0"] and rec[agentconf.ROOT] == [b"/newroot\0"]

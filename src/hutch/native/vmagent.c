@@ -38,16 +38,18 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
 enum { T_ARG = 1, T_ENV, T_CWD, T_UID, T_GID, T_GROUP, T_RLIMIT, T_CAPS, T_NNP, T_SECCOMP, T_SECCOMP_FLAGS,
-       T_TTY, T_ROOT };
+       T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES };
 enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT };
 
 #define MAX_LIST 256
+#define MAX_STEPS 256
 #define MAX_EXECS 16
 
 struct rlim { uint32_t resource, pad; uint64_t soft, hard; };
@@ -60,6 +62,8 @@ struct config {
 	uint64_t caps[5]; /* bounding, effective, permitted, inheritable, ambient */
 	unsigned char *bpf;
 	uint32_t bpf_len;
+	struct step { uint32_t tag, len; unsigned char *value; } steps[MAX_STEPS]; /* the root's set-up */
+	int nsteps;
 };
 
 struct exec {
@@ -105,6 +109,8 @@ static int read_all(int fd, void *data, size_t len)
 	return 0;
 }
 
+static void run_stage2(const char *stage2);
+
 static void power_off(void)
 {
 	sync();
@@ -145,6 +151,11 @@ static int parse_config(unsigned char *buf, uint32_t len, struct config *c)
 		case T_TTY: c->tty = 1; break;
 		case T_SECCOMP: c->bpf = v; c->bpf_len = n; break;
 		case T_SECCOMP_FLAGS: memcpy(&c->seccomp_flags, v, 4); break;
+		case T_MKDIR: case T_MOUNT: case T_WRITE: case T_DEVICES: case T_HOSTNAME: case T_MODULES:
+			if (c->nsteps == MAX_STEPS)
+				return -1;
+			c->steps[c->nsteps++] = (struct step){tag, n, v};
+			break;
 		}
 	}
 	return c->argc ? 0 : -1;
@@ -364,16 +375,139 @@ static void start_process(const struct config *c, int tty_sock)
 	exec_command(c);
 }
 
+/* --- the container's root, built in its mount namespace (hutch/vm/script.py makes the steps) -------- */
+
+static int mkdir_p(const char *path)
+{
+	char buf[4096];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+		return -1;
+	for (char *p = buf + 1;; p++) {
+		if (*p == '/' || !*p) {
+			char was = *p;
+			*p = 0;
+			if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+				return -1;
+			if (!(*p = was))
+				return 0;
+		}
+	}
+}
+
+/* Docker's standard /dev (a fresh tmpfs): its nodes are 0666 whatever the umask. */
+static int make_devices(const char *dir)
+{
+	static const struct { const char *name; unsigned major, minor; } nodes[] = {
+		{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
+	static const char *links[][2] = {{"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+					 {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}};
+	char path[4096];
+	for (unsigned i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, nodes[i].name);
+		if (mknod(path, S_IFCHR | 0666, makedev(nodes[i].major, nodes[i].minor)) < 0 || chmod(path, 0666) < 0)
+			return -1;
+	}
+	for (unsigned i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, links[i][0]);
+		if (symlink(links[i][1], path) < 0)
+			return -1;
+	}
+	for (const char **sub = (const char *[]){"pts", "shm", "mqueue", NULL}; *sub; sub++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, *sub);
+		if (mkdir(path, 0755) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int load_modules(const char *listing)
+{
+	char names[4096] = {0}, path[300];
+	int fd = open(listing, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, names, sizeof(names) - 1) < 0)
+		return -1;
+	close(fd);
+	for (char *name = strtok(names, "\n"); name; name = strtok(NULL, "\n")) {
+		snprintf(path, sizeof(path), "/lib/modules/%s", name);
+		int mod = open(path, O_RDONLY | O_CLOEXEC);
+		if (mod < 0 || (syscall(SYS_finit_module, mod, "", 0) < 0 && errno != EEXIST))
+			return -1;
+		close(mod);
+	}
+	return 0;
+}
+
+static int write_file(const char *path, const unsigned char *data, uint32_t len)
+{
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	struct stat st;
+	if (slash)
+		*slash = 0;
+	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+		return 0; /* an image without /etc gets no /etc files */
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write_all(fd, data, len) < 0)
+		return -1;
+	return close(fd);
+}
+
+static const char *or_null(const char *s)
+{
+	return *s ? s : NULL;
+}
+
+static void build_root(const struct config *c)
+{
+	for (int i = 0; i < c->nsteps; i++) {
+		const struct step *st = &c->steps[i];
+		const char *v = (const char *)st->value;
+		int rc = 0;
+		if (st->tag == T_MKDIR)
+			rc = mkdir_p(v);
+		else if (st->tag == T_MOUNT) {
+			uint64_t flags;
+			memcpy(&flags, v, 8);
+			const char *type = v + 8, *source = type + strlen(type) + 1, *target = source + strlen(source) + 1;
+			const char *data = target + strlen(target) + 1;
+			rc = mount(or_null(source), target, or_null(type), flags, or_null(data));
+			v = target;
+		} else if (st->tag == T_WRITE) {
+			size_t n = strlen(v) + 1;
+			rc = write_file(v, st->value + n, st->len - (uint32_t)n);
+		} else if (st->tag == T_DEVICES)
+			rc = make_devices(v);
+		else if (st->tag == T_HOSTNAME)
+			rc = sethostname(v, strlen(v));
+		else if (st->tag == T_MODULES)
+			rc = load_modules(v);
+		if (rc < 0)
+			die(125, "setting up the container's root: ", v, errno);
+	}
+}
+
 /* --- the container's pid 1 -------------------------------------------------------------------------- */
 
-/* Runs as pid 1 of the container's new pid, mount, uts and ipc namespaces: the stage-2 script mounts
- * /proc, /dev, /sys, ... into the root, then the root becomes "/" and the command is exec'd. */
+/* Runs as pid 1 of the container's new pid, mount, uts and ipc namespaces: mounts /proc, /dev, /sys, ...
+ * into the root (and runs the stage-2 script, if any), then the root becomes "/" and the command is exec'd. */
 static void container_child(const struct config *c, const char *stage2, int tty_sock)
 {
 	/* why MS_MOVE + chroot, not pivot_root: the old root is the initramfs (rootfs), which pivot_root
 	 * refuses; moving the new root over it in this private namespace hides the initramfs the same way. */
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		die(125, "making the mounts private", NULL, errno);
+	build_root(c);
+	struct stat st;
+	if (stat(stage2, &st) == 0 && st.st_size > 0)
+		run_stage2(stage2);
+	if (chdir(c->root) < 0 || mount(c->root, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
+		die(125, "entering the container's root ", c->root, errno);
+	start_process(c, tty_sock);
+}
+
+static void run_stage2(const char *stage2)
+{
 	pid_t sh = fork();
 	if (sh == 0) {
 		execl("/bin/busybox", "sh", stage2, (char *)NULL);
@@ -382,9 +516,6 @@ static void container_child(const struct config *c, const char *stage2, int tty_
 	int status;
 	if (sh < 0 || waitpid(sh, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
 		die(125, "the container's stage-2 set-up failed", NULL, 0);
-	if (chdir(c->root) < 0 || mount(c->root, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
-		die(125, "entering the container's root ", c->root, errno);
-	start_process(c, tty_sock);
 }
 
 static void send_frame(int type, int id, const void *data, uint32_t len)

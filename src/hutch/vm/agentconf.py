@@ -17,6 +17,8 @@ from hutch.errors import HutchError
 from hutch.runtime.users import ExecUser
 
 ARG, ENV, CWD, UID, GID, GROUP, RLIMIT, CAPS, NNP, SECCOMP, SECCOMP_FLAGS, TTY, ROOT = range(1, 14)
+# The root's set-up steps, done by the agent in order in the container's mount namespace (vm/script.py).
+MKDIR, MOUNT, WRITE, DEVICES, HOSTNAME, MODULES = range(14, 20)
 # OCI seccomp flags -> seccomp(2) flag bits (linux/seccomp.h)
 _SECCOMP_FLAGS = {
     "SECCOMP_FILTER_FLAG_TSYNC": 1,
@@ -32,6 +34,36 @@ def _record(tag: int, value: bytes) -> bytes:
 
 def _text(tag: int, value: str) -> bytes:
     return _record(tag, value.encode() + b"\0")
+
+
+def mkdir(path: str) -> bytes:
+    """``mkdir -p``, mode 0755."""
+    return _text(MKDIR, path)
+
+
+def mount(fstype: str, source: str, target: str, flags: int = 0, data: str = "") -> bytes:
+    """mount(2) as given; empty strings are NULL."""
+    fields = b"".join(v.encode() + b"\0" for v in (fstype, source, target, data))
+    return _record(MOUNT, struct.pack("<Q", flags) + fields)
+
+
+def write(path: str, content: str) -> bytes:
+    """Write a file, if its directory exists (an image without /etc gets no /etc files)."""
+    return _record(WRITE, path.encode() + b"\0" + content.encode())
+
+
+def devices(directory: str) -> bytes:
+    """Docker's standard device nodes, symlinks and subdirectories in ``directory`` (a fresh tmpfs)."""
+    return _text(DEVICES, directory)
+
+
+def hostname(name: str) -> bytes:
+    return _text(HOSTNAME, name)
+
+
+def modules(listing: str) -> bytes:
+    """Load the kernel modules named in the initramfs file ``listing`` (from /lib/modules)."""
+    return _text(MODULES, listing)
 
 
 def rlimit_records(rlimits: list[dict]) -> list[bytes]:
@@ -60,12 +92,19 @@ def cap_record(capabilities: dict, uid: int) -> bytes:
 
 
 def encode(
-    spec: dict, user: ExecUser, env: list[str], program: bytes | None, root: str | None = None
+    spec: dict,
+    user: ExecUser,
+    env: list[str],
+    program: bytes | None,
+    root: str | None = None,
+    setup: list[bytes] | None = None,
 ) -> bytes:
     """The config for the process in ``spec["process"]``, run as ``user`` with ``env``; ``root`` is the
-    guest path of the container's root (the container's own process; an exec joins its namespaces)."""
+    guest path of the container's root (the container's own process; an exec joins its namespaces) and
+    ``setup`` the steps that build it."""
     process = spec["process"]
-    records = [_text(ARG, arg) for arg in process["args"]]
+    records = list(setup or [])
+    records += [_text(ARG, arg) for arg in process["args"]]
     records += [_text(ENV, item) for item in env]
     records.append(_text(CWD, process.get("cwd") or "/"))
     records += [_record(UID, struct.pack("<I", user.uid)), _record(GID, struct.pack("<I", user.gid))]

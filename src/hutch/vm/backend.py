@@ -65,7 +65,7 @@ def start(
     parts = prepare(settings, layers, cache, scratch)
     volumes = list(options.get("volumes") or [])
     stage2 = script.stage2(spec, layers, volumes)  # a bad --user fails here, before anything is made
-    config = script.agent_config(spec, layers, seccomp_program)
+    config = script.agent_config(spec, layers, seccomp_program, volumes=volumes)
     shares = virtiofs.shares(state_dir.name, volumes)
     ours, theirs = supervisor.port_pairs()
     master = slave = None

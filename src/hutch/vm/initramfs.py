@@ -125,29 +125,6 @@ def _builtin(modules_dir: Path) -> set[str]:
         return set()
 
 
-# Docker's standard devices, copied into each container's /dev tmpfs by the guest's stage-2 script.
-_DEVICES = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
-_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"))
-_LINKS += (("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
-
-
-def _dev_template(cpio: Cpio) -> None:
-    cpio.directory("devtmpl")
-    for sub in ("pts", "shm", "mqueue"):
-        cpio.directory(f"devtmpl/{sub}")
-    for name, major, minor in _DEVICES:
-        cpio.device(f"devtmpl/{name}", major, minor, 0o666)
-    for name, target in _LINKS:
-        cpio.symlink(f"devtmpl/{name}", target)
-
-
 def build(modules_dir: Path, agent: bytes = b"") -> bytes:
     """The archive for a kernel whose modules are in ``modules_dir``, with the guest agent's binary."""
     try:
@@ -163,7 +140,6 @@ def build(modules_dir: Path, agent: bytes = b"") -> bytes:
     for name in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "lower", "rw"):
         cpio.directory(name)
     cpio.device("dev/console", 5, 1)
-    _dev_template(cpio)
     cpio.file("bin/busybox", busybox, 0o755)
     cpio.symlink("bin/sh", "busybox")
     if agent:
