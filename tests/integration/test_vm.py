@@ -215,6 +215,8 @@ echo "groups=$(id -G)"
 echo "nofile=$(ulimit -n):$(ulimit -Hn)"
 echo "mount_tmpfs=$(mount -t tmpfs none /tmp 2>/dev/null && echo allowed || echo refused)"
 echo "unshare_user=$(unshare -U true 2>/dev/null && echo allowed || echo refused)"
+echo "timer_list_bytes=$(cat /proc/timer_list 2>/dev/null | wc -c)"
+echo "sysrq_write=$( (echo h > /proc/sysrq-trigger) 2>/dev/null && echo allowed || echo refused)"
 """
 
 
@@ -228,6 +230,7 @@ def test_the_guest_agent_applies_caps_seccomp_user_and_limits_and_the_flags_weak
     assert p["cap_eff"] == p["cap_bnd"] == "00000000a80425fb"  # Docker's default set, as in a container
     assert (p["seccomp"], p["no_new_privs"], p["groups"]) == ("2", "0", "0")
     assert p["mount_tmpfs"] == p["unshare_user"] == "refused"
+    assert (p["timer_list_bytes"], p["sysrq_write"]) == ("0", "refused")  # masked, read-only
     p = _guest_probe(
         hutch, busybox, "-u", "hutch", "--ulimit", "nofile=123:456", "--security-opt", "no-new-privileges"
     )
@@ -239,7 +242,7 @@ def test_the_guest_agent_applies_caps_seccomp_user_and_limits_and_the_flags_weak
     assert p["unshare_user"] == "allowed"  # seccomp was what refused it
     p = _guest_probe(hutch, busybox, "--privileged")
     assert p["seccomp"] == "0" and int(p["cap_eff"], 16) > 0xA80425FB
-    assert p["mount_tmpfs"] == "allowed"
+    assert p["mount_tmpfs"] == "allowed" and int(p["timer_list_bytes"]) > 0
     _assert_nothing_left(hutch)
 
 

@@ -45,7 +45,8 @@
 #include <unistd.h>
 
 enum { T_ARG = 1, T_ENV, T_CWD, T_UID, T_GID, T_GROUP, T_RLIMIT, T_CAPS, T_NNP, T_SECCOMP, T_SECCOMP_FLAGS,
-       T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES };
+       T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES, T_MASK,
+       T_READONLY };
 enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT };
 
 #define MAX_LIST 256
@@ -151,7 +152,8 @@ static int parse_config(unsigned char *buf, uint32_t len, struct config *c)
 		case T_TTY: c->tty = 1; break;
 		case T_SECCOMP: c->bpf = v; c->bpf_len = n; break;
 		case T_SECCOMP_FLAGS: memcpy(&c->seccomp_flags, v, 4); break;
-		case T_MKDIR: case T_MOUNT: case T_WRITE: case T_DEVICES: case T_HOSTNAME: case T_MODULES:
+		case T_MKDIR: case T_MOUNT: case T_WRITE: case T_DEVICES: case T_HOSTNAME: case T_MODULES: case T_MASK:
+		case T_READONLY:
 			if (c->nsteps == MAX_STEPS)
 				return -1;
 			c->steps[c->nsteps++] = (struct step){tag, n, v};
@@ -453,6 +455,21 @@ static int write_file(const char *path, const unsigned char *data, uint32_t len)
 	return close(fd);
 }
 
+/* Docker's masked and read-only paths (under the /proc and /sys just mounted: nothing of the container's
+ * has run yet to redirect them; /dev/null is still the initramfs's here). */
+static int mask_or_protect(uint32_t tag, const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return 0;
+	if (tag == T_MASK)
+		return S_ISDIR(st.st_mode) ? mount("tmpfs", path, "tmpfs", MS_RDONLY, "mode=755")
+					   : mount("/dev/null", path, NULL, MS_BIND, NULL);
+	if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0)
+		return -1;
+	return mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
 static const char *or_null(const char *s)
 {
 	return *s ? s : NULL;
@@ -482,6 +499,8 @@ static void build_root(const struct config *c)
 			rc = sethostname(v, strlen(v));
 		else if (st->tag == T_MODULES)
 			rc = load_modules(v);
+		else if (st->tag == T_MASK || st->tag == T_READONLY)
+			rc = mask_or_protect(st->tag, v);
 		if (rc < 0)
 			die(125, "setting up the container's root: ", v, errno);
 	}
@@ -723,9 +742,13 @@ int main(int argc, char **argv)
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, NULL);
 	int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK), self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
-	int tty_sock[2] = {-1, -1};
+	int tty_sock[2] = {-1, -1}, started[2];
 	if (c.tty && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, tty_sock) < 0)
 		fail("socketpair");
+	/* why: an exec must join the container once its root is "/"; before, it would see the initramfs. The
+	 * child's copy of the write end closes when it execs the command (close-on-exec): EOF means started. */
+	if (pipe2(started, O_CLOEXEC) < 0)
+		fail("pipe");
 	pid_t cpid = (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD,
 				    NULL, NULL, NULL, NULL);
 	if (cpid == 0) {
@@ -742,6 +765,7 @@ int main(int argc, char **argv)
 	close(err);
 	if (tty_sock[1] >= 0)
 		close(tty_sock[1]);
+	close(started[1]);
 	exec_port = find_port("hutch.exec");
 	int master = -1, main_status = -1, main_reaped = 0;
 	unsigned char winsize[4] = {0}, have_winsize = 0;
@@ -757,7 +781,7 @@ int main(int argc, char **argv)
 		int n = 0;
 		p[n++] = (struct pollfd){ctl, POLLIN, 0};
 		p[n++] = (struct pollfd){sigfd, POLLIN, 0};
-		p[n++] = (struct pollfd){exec_port, POLLIN, 0};
+		p[n++] = (struct pollfd){started[0] < 0 ? exec_port : started[0], POLLIN, 0};
 		p[n++] = (struct pollfd){tty_sock[0], POLLIN, 0};
 		p[n++] = (struct pollfd){master, POLLIN, 0};
 		p[n++] = (struct pollfd){master >= 0 ? in : -1, POLLIN, 0};
@@ -810,7 +834,11 @@ int main(int argc, char **argv)
 					}
 			}
 		}
-		if (p[2].revents) {
+		if (p[2].revents && started[0] >= 0) {
+			char byte;
+			if (read(started[0], &byte, 1) <= 0)
+				close(started[0]), started[0] = -1;
+		} else if (p[2].revents) {
 			ssize_t got = read(exec_port, frames + frames_used, sizeof(frames) - frames_used);
 			if (got > 0)
 				frames_used = handle_frames(frames, frames_used + (size_t)got, cpid, self_pidns);

@@ -18,7 +18,7 @@ from hutch.runtime.users import ExecUser
 
 ARG, ENV, CWD, UID, GID, GROUP, RLIMIT, CAPS, NNP, SECCOMP, SECCOMP_FLAGS, TTY, ROOT = range(1, 14)
 # The root's set-up steps, done by the agent in order in the container's mount namespace (vm/script.py).
-MKDIR, MOUNT, WRITE, DEVICES, HOSTNAME, MODULES = range(14, 20)
+MKDIR, MOUNT, WRITE, DEVICES, HOSTNAME, MODULES, MASK, READONLY = range(14, 22)
 # OCI seccomp flags -> seccomp(2) flag bits (linux/seccomp.h)
 _SECCOMP_FLAGS = {
     "SECCOMP_FILTER_FLAG_TSYNC": 1,
@@ -64,6 +64,17 @@ def hostname(name: str) -> bytes:
 def modules(listing: str) -> bytes:
     """Load the kernel modules named in the initramfs file ``listing`` (from /lib/modules)."""
     return _text(MODULES, listing)
+
+
+def mask(path: str) -> bytes:
+    """Docker's masked path: an empty read-only tmpfs over a directory, the guest's /dev/null over a file;
+    skipped when missing."""
+    return _text(MASK, path)
+
+
+def readonly(path: str) -> bytes:
+    """A read-only (and nosuid, nodev, noexec) bind of ``path`` onto itself; skipped when missing."""
+    return _text(READONLY, path)
 
 
 def rlimit_records(rlimits: list[dict]) -> list[bytes]:

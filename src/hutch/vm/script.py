@@ -1,14 +1,14 @@
 """The container's root and process, as the guest sets them up (stage 2).
 
-The guest has busybox, hutch's agent (``native/vmagent.c``) and nothing else; so the host, which has the
-OCI spec, turns it into plain records for the agent (``vm/agentconf.py``): the root's set-up steps (the
-container's /proc, /sys, /dev with devpts and /dev/shm, the engine's /etc files, ``--tmpfs``, volumes, the
-hostname, ``--read-only``), which the agent performs as pid 1 of the container's fresh pid, mount, uts and
-ipc namespaces, then the process's (args, env, cwd, user and groups resolved here against the image's own
-/etc files, rlimits, capabilities, seccomp). The steps were a busybox script before; under TCG each applet
-is a fork and often an exec of the 2 MB binary, so the script took ~0.3 s of a clone's start, and the same
-steps in C take milliseconds. ``stage2`` remains for set-up that needs busybox: shell lines with every value
-quoted, run before the root is entered.
+The guest has busybox, hutch's agent (``native/vmagent.c``) and nothing else; so the host, which has the OCI
+spec, turns it into plain records for the agent (``vm/agentconf.py``): the root's set-up steps (the
+container's /proc, /sys, /dev with devpts and /dev/shm, the engine's /etc files, ``--tmpfs``, volumes,
+Docker's masked and read-only paths, the hostname, ``--read-only``), which the agent performs as pid 1 of
+the container's fresh pid, mount, uts and ipc namespaces, then the process's (args, env, cwd, user and
+groups resolved here against the image's own /etc files, rlimits, capabilities, seccomp). The steps were a
+busybox script before; under TCG each applet is a fork and often an exec of the 2 MB binary, so the script
+took ~0.3 s of a clone's start, and the same steps in C take milliseconds. ``stage2`` remains for set-up
+that needs busybox: shell lines with every value quoted, run before the root is entered.
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ def setup_records(spec: dict, volumes: list[dict] | None = None) -> list[bytes]:
         *_etc_records(spec),
         *_tmpfs_records(spec),
         *_volume_records(volumes or []),
+        *(agentconf.mask(ROOT + path) for path in spec.get("linux", {}).get("maskedPaths", [])),
+        *(agentconf.readonly(ROOT + path) for path in spec.get("linux", {}).get("readonlyPaths", [])),
         agentconf.hostname(spec.get("hostname") or "localhost"),
     ]
     if spec.get("root", {}).get("readonly"):
