@@ -724,6 +724,91 @@ static int pump(int from, int to, int type, int id)
 	return 0;
 }
 
+/* What the agent's loop tracks about the container's own process. */
+struct container {
+	pid_t pid;
+	int status, reaped, master, tty_sock, in, out;
+	unsigned char winsize[4], have_winsize;
+};
+
+/* "signal N" goes to the container's pid 1, "winch ROWS COLS" to its pty (kept for a pty still to come). */
+static void control_line(struct container *k, const char *line)
+{
+	int a, b;
+	if (sscanf(line, "signal %d", &a) == 1)
+		kill(k->pid, a);
+	else if (sscanf(line, "winch %d %d", &a, &b) == 2) {
+		uint16_t rc[2] = {(uint16_t)a, (uint16_t)b};
+		memcpy(k->winsize, rc, 4), k->have_winsize = 1;
+		set_winsize(k->master, k->winsize);
+	}
+}
+
+static void read_control(struct container *k)
+{
+	static char line[256];
+	static size_t used;
+	ssize_t got = read(ctl, line + used, sizeof(line) - 1 - used);
+	if (got <= 0) {
+		ctl = -1; /* the host went away: QEMU is being killed */
+		return;
+	}
+	used += (size_t)got;
+	line[used] = 0;
+	char *nl, *start = line;
+	while ((nl = strchr(start, '\n'))) {
+		*nl = 0;
+		control_line(k, start);
+		start = nl + 1;
+	}
+	used = strlen(start);
+	memmove(line, start, used);
+	if (used == sizeof(line) - 1)
+		used = 0; /* an overlong line: dropped */
+}
+
+static void reap(int sigfd, struct container *k)
+{
+	struct signalfd_siginfo si;
+	while (read(sigfd, &si, sizeof(si)) > 0)
+		;
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid == k->pid)
+			k->status = status, k->reaped = 1;
+		for (int i = 0; i < MAX_EXECS; i++)
+			if (execs[i].used && execs[i].pid == pid) {
+				execs[i].reaped = 1, execs[i].code = code_of(status);
+				exec_done_if_finished(&execs[i]);
+			}
+	}
+}
+
+/* The container's pid 1, in new pid, mount, uts and ipc namespaces, with stdio on the ports (or, with a
+ * terminal, on its pty once made, whose master comes back over k->tty_sock). */
+static pid_t spawn_container(const struct config *c, struct container *k, int err, const sigset_t *blocked)
+{
+	int pair[2] = {-1, -1};
+	if (c->tty && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+		fail("socketpair");
+	pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD,
+				   NULL, NULL, NULL, NULL);
+	if (pid == 0) {
+		sigprocmask(SIG_UNBLOCK, blocked, NULL);
+		dup2(c->tty ? open("/dev/null", O_RDONLY) : k->in, 0);
+		dup2(k->out, 1);
+		dup2(err, 2);
+		container_child(c, STAGE2, pair[1]);
+	}
+	if (pid < 0)
+		fail("clone");
+	if (pair[1] >= 0)
+		close(pair[1]);
+	k->tty_sock = pair[0];
+	return pid;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 4 || getpid() != 1) {
@@ -733,48 +818,33 @@ int main(int argc, char **argv)
 	fcntl(ctl, F_SETFD, FD_CLOEXEC);
 	static struct config c;
 	receive_config(&c);
-	int in = *argv[1] ? open(argv[1], O_RDONLY | O_CLOEXEC) : open("/dev/null", O_RDONLY | O_CLOEXEC);
-	int out = open(argv[2], O_WRONLY | O_CLOEXEC), err = open(argv[3], O_WRONLY | O_CLOEXEC);
-	if (in < 0 || out < 0 || err < 0)
+	struct container k = {.master = -1, .tty_sock = -1};
+	k.in = *argv[1] ? open(argv[1], O_RDONLY | O_CLOEXEC) : open("/dev/null", O_RDONLY | O_CLOEXEC);
+	k.out = open(argv[2], O_WRONLY | O_CLOEXEC);
+	int err = open(argv[3], O_WRONLY | O_CLOEXEC), started[2];
+	if (k.in < 0 || k.out < 0 || err < 0)
 		fail("opening the stdio ports");
 	sigset_t chld;
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, NULL);
-	int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK), self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
-	int tty_sock[2] = {-1, -1}, started[2];
-	if (c.tty && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, tty_sock) < 0)
-		fail("socketpair");
+	int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	int self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
 	/* why: an exec must join the container once its root is "/"; before, it would see the initramfs. The
 	 * child's copy of the write end closes when it execs the command (close-on-exec): EOF means started. */
 	if (pipe2(started, O_CLOEXEC) < 0)
 		fail("pipe");
-	pid_t cpid = (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD,
-				    NULL, NULL, NULL, NULL);
-	if (cpid == 0) {
-		sigprocmask(SIG_UNBLOCK, &chld, NULL);
-		dup2(c.tty ? open("/dev/null", O_RDONLY) : in, 0);
-		dup2(out, 1);
-		dup2(err, 2);
-		container_child(&c, STAGE2, tty_sock[1]);
-	}
-	if (cpid < 0)
-		fail("clone");
+	k.pid = spawn_container(&c, &k, err, &chld);
 	if (!c.tty)
-		close(in), in = -1;
+		close(k.in), k.in = -1;
 	close(err);
-	if (tty_sock[1] >= 0)
-		close(tty_sock[1]);
 	close(started[1]);
 	exec_port = find_port("hutch.exec");
-	int master = -1, main_status = -1, main_reaped = 0;
-	unsigned char winsize[4] = {0}, have_winsize = 0;
-	char line[256];
-	size_t line_used = 0, frames_used = 0;
+	size_t frames_used = 0;
 	static unsigned char frames[1 << 20];
 	for (;;) {
-		if (main_reaped && master < 0 && tty_sock[0] < 0) {
-			dprintf(ctl, "exit %d\n", code_of(main_status));
+		if (k.reaped && k.master < 0 && k.tty_sock < 0) {
+			dprintf(ctl, "exit %d\n", code_of(k.status));
 			power_off();
 		}
 		struct pollfd p[8 + 3 * MAX_EXECS];
@@ -782,9 +852,9 @@ int main(int argc, char **argv)
 		p[n++] = (struct pollfd){ctl, POLLIN, 0};
 		p[n++] = (struct pollfd){sigfd, POLLIN, 0};
 		p[n++] = (struct pollfd){started[0] < 0 ? exec_port : started[0], POLLIN, 0};
-		p[n++] = (struct pollfd){tty_sock[0], POLLIN, 0};
-		p[n++] = (struct pollfd){master, POLLIN, 0};
-		p[n++] = (struct pollfd){master >= 0 ? in : -1, POLLIN, 0};
+		p[n++] = (struct pollfd){k.tty_sock, POLLIN, 0};
+		p[n++] = (struct pollfd){k.master, POLLIN, 0};
+		p[n++] = (struct pollfd){k.master >= 0 ? k.in : -1, POLLIN, 0};
 		for (int i = 0; i < MAX_EXECS; i++) {
 			p[n++] = (struct pollfd){execs[i].used ? execs[i].out : -1, POLLIN, 0};
 			p[n++] = (struct pollfd){execs[i].used ? execs[i].err : -1, POLLIN, 0};
@@ -792,48 +862,10 @@ int main(int argc, char **argv)
 		}
 		if (poll(p, (nfds_t)n, -1) < 0)
 			continue;
-		if (p[0].revents) {
-			ssize_t got = read(ctl, line + line_used, sizeof(line) - 1 - line_used);
-			if (got <= 0)
-				ctl = -1; /* the host went away: QEMU is being killed */
-			else {
-				line_used += (size_t)got;
-				line[line_used] = 0;
-				char *nl, *start = line;
-				while ((nl = strchr(start, '\n'))) {
-					*nl = 0;
-					int a, b;
-					if (sscanf(start, "signal %d", &a) == 1)
-						kill(cpid, a);
-					else if (sscanf(start, "winch %d %d", &a, &b) == 2) {
-						uint16_t rc[2] = {(uint16_t)a, (uint16_t)b};
-						memcpy(winsize, rc, 4), have_winsize = 1;
-						set_winsize(master, winsize);
-					}
-					start = nl + 1;
-				}
-				line_used = strlen(start);
-				memmove(line, start, line_used);
-				if (line_used == sizeof(line) - 1)
-					line_used = 0;
-			}
-		}
-		if (p[1].revents) {
-			struct signalfd_siginfo si;
-			while (read(sigfd, &si, sizeof(si)) > 0)
-				;
-			int status;
-			pid_t pid;
-			while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-				if (pid == cpid)
-					main_status = status, main_reaped = 1;
-				for (int i = 0; i < MAX_EXECS; i++)
-					if (execs[i].used && execs[i].pid == pid) {
-						execs[i].reaped = 1, execs[i].code = code_of(status);
-						exec_done_if_finished(&execs[i]);
-					}
-			}
-		}
+		if (p[0].revents)
+			read_control(&k);
+		if (p[1].revents)
+			reap(sigfd, &k);
 		if (p[2].revents && started[0] >= 0) {
 			char byte;
 			if (read(started[0], &byte, 1) <= 0)
@@ -841,20 +873,20 @@ int main(int argc, char **argv)
 		} else if (p[2].revents) {
 			ssize_t got = read(exec_port, frames + frames_used, sizeof(frames) - frames_used);
 			if (got > 0)
-				frames_used = handle_frames(frames, frames_used + (size_t)got, cpid, self_pidns);
+				frames_used = handle_frames(frames, frames_used + (size_t)got, k.pid, self_pidns);
 			if (frames_used == sizeof(frames))
-				frames_used = 0; /* a frame larger than the buffer: drop it */
+				frames_used = 0; /* a frame larger than the buffer: dropped */
 		}
 		if (p[3].revents) {
-			master = recv_fd(tty_sock[0]);
-			close(tty_sock[0]), tty_sock[0] = -1;
-			if (master >= 0 && have_winsize)
-				set_winsize(master, winsize);
+			k.master = recv_fd(k.tty_sock); /* -1 if the child failed before its pty */
+			close(k.tty_sock), k.tty_sock = -1;
+			if (k.master >= 0 && k.have_winsize)
+				set_winsize(k.master, k.winsize);
 		}
-		if (p[4].revents && pump(master, out, 0, 0) < 0)
-			close(master), master = -1;
-		if (p[5].revents && master >= 0 && pump(in, master, 0, 0) < 0)
-			close(in), in = -1; /* stdin's end: the terminal stays, as with docker run -t */
+		if (p[4].revents && pump(k.master, k.out, 0, 0) < 0)
+			close(k.master), k.master = -1;
+		if (p[5].revents && k.master >= 0 && pump(k.in, k.master, 0, 0) < 0)
+			close(k.in), k.in = -1; /* stdin's end: the terminal stays, as with docker run -t */
 		for (int i = 0; i < MAX_EXECS; i++) {
 			struct exec *e = &execs[i];
 			struct pollfd *q = &p[6 + 3 * i];

@@ -74,7 +74,7 @@ def start(
             _template_for(settings, parts, cache, state_dir)
         tty = bool(spec["process"].get("terminal"))
         if tty:
-            master, slave = host_pty()
+            master, slave = supervisor.host_pty()
             stdio = (slave, slave, slave)
         launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
         launch.config, launch.tty = config, tty
@@ -88,17 +88,6 @@ def start(
         for fd in (master, slave):
             if fd is not None:
                 os.close(fd)
-
-
-def host_pty() -> tuple[int, int]:
-    """A host pty whose slave carries the guest pty's bytes untouched (raw: the guest's line discipline
-    already echoes and translates); the master is the caller's console, as with a namespace container."""
-    import tty
-
-    master, slave = os.openpty()
-    os.set_inheritable(master, False)
-    tty.setraw(slave)
-    return master, slave
 
 
 def _timeout(settings: VmSettings, parts: dict) -> float:

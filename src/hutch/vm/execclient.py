@@ -45,7 +45,7 @@ def spawn(
         raise HutchError(f"exec into container {name}: its microVM does not answer ({err.strerror})")
     master = slave = None
     if tty:
-        from hutch.vm.backend import host_pty
+        from hutch.vm.supervisor import host_pty
 
         master, slave = host_pty()
         stdio = (slave, slave, slave)

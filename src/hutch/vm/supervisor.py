@@ -381,6 +381,17 @@ def _write_all(fd: int, data: bytes) -> None:
             continue
 
 
+def host_pty() -> tuple[int, int]:
+    """A host pty whose slave carries the guest pty's bytes untouched (raw: the guest's line discipline
+    already echoes and translates); the master is the caller's console, as with a namespace container."""
+    import tty
+
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    tty.setraw(slave)
+    return master, slave
+
+
 def port_pairs() -> tuple[dict[str, socket.socket], dict[str, socket.socket]]:
     """One connected socket pair per port: our ends, and the ends QEMU inherits (no socket files)."""
     ours, theirs = {}, {}
