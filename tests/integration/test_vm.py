@@ -204,6 +204,10 @@ def _check_exec(hutch, name: str) -> None:
     assert missing.code == 127 and "not found" in missing.err
     tty = hutch("exec", "-t", name, "sh", "-c", "tty; test -t 0 && test -t 1 && echo both")
     assert (tty.code, tty.out.splitlines()) == (0, ["/dev/pts/0", "both"]), tty
+    from ptysession import shell_session
+
+    answers, after, code = shell_session(hutch.argv("exec", "-it", name, "sh"), hutch.env)
+    assert b"33 101\r\nxterm\r\n" in answers and b"after-2" in after and code == 5  # resize, ^C
 
 
 PROBE = """status() { grep "^$1:" /proc/self/status | cut -f2; }
