@@ -24,8 +24,9 @@ APT_PACKAGES := python3 python3-venv busybox-static podman crun runc conmon neta
 	docker-registry skopeo openssl apache2-utils
 # The cgroup v2 tests boot this host's userspace in a QEMU guest on Debian's cloud kernel (tools/cgroup2_vm.py).
 APT_PACKAGES += qemu-system-x86 linux-image-cloud-amd64
-# The microVM backend: QEMU, mkfs.erofs for image disks, lz4 for the initramfs.
-APT_PACKAGES += erofs-utils lz4
+# The microVM backend: QEMU, mkfs.erofs for image disks, lz4 for the initramfs, musl-gcc for a small static
+# guest agent (without it, gcc + libc6-dev's libc.a build a 10x larger one).
+APT_PACKAGES += erofs-utils lz4 musl-tools
 APT_EXTRA ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

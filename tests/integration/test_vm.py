@@ -90,8 +90,7 @@ def test_detached_logs_and_stop_forwards_the_signal(hutch, busybox):
     while "started" not in hutch.ok("logs", "v") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(_qemu_pids(hutch.root)) == 1
-    refused = hutch("exec", "v", "id")  # its pid is a host process: exec must not join its namespaces
-    assert refused.code == 125 and "not supported with --isolation vm" in refused.err
+    _check_exec(hutch, "v")
     hutch.ok("stop", "v", timeout=60)
     assert hutch.ok("logs", "v") == "started\ngot term\n"
     assert "Exited (3)" in hutch.ok("ps", "-a")
@@ -193,4 +192,74 @@ def test_foreground_run_forwards_signals_into_the_guest(hutch, busybox):
             proc.kill()
             proc.wait()
     assert (proc.returncode, out) == (5, "got int\n"), err
+    _assert_nothing_left(hutch)
+
+
+def _check_exec(hutch, name: str) -> None:
+    """``exec`` runs inside the guest (the container's pid namespace: the command's pid 1 is there), with
+    the container's set-up, stdin, output, exit codes and a terminal."""
+    ran = hutch("exec", name, "sh", "-c", 'ps | grep -c "[w]hile :"; uname -r; echo err >&2; exit 4')
+    assert ran.code == 4 and ran.err == "err\n", ran
+    count, release = ran.out.splitlines()
+    assert count == "1" and release != platform.release()  # the guest's kernel, the container's pids
+    piped = hutch("exec", "-i", "-u", "hutch", name, "sh", "-c", "cat; id -u; id -G", input="one\ntwo\n")
+    assert (piped.code, piped.out) == (0, "one\ntwo\n1000\n1000 10 29\n"), piped
+    missing = hutch("exec", name, "no-such-command")
+    assert missing.code == 127 and "not found" in missing.err
+    tty = hutch("exec", "-t", name, "sh", "-c", "tty; test -t 0 && test -t 1 && echo both")
+    assert (tty.code, tty.out.splitlines()) == (0, ["/dev/pts/0", "both"]), tty
+    from ptysession import shell_session
+
+    answers, after, code = shell_session(hutch.argv("exec", "-it", name, "sh"), hutch.env)
+    assert b"33 101\r\nxterm\r\n" in answers and b"after-2" in after and code == 5  # resize, ^C
+
+
+PROBE = """status() { grep "^$1:" /proc/self/status | cut -f2; }
+echo "cap_eff=$(status CapEff)"
+echo "cap_bnd=$(status CapBnd)"
+echo "seccomp=$(status Seccomp)"
+echo "no_new_privs=$(status NoNewPrivs)"
+echo "groups=$(id -G)"
+echo "nofile=$(ulimit -n):$(ulimit -Hn)"
+echo "mount_tmpfs=$(mount -t tmpfs none /tmp 2>/dev/null && echo allowed || echo refused)"
+echo "unshare_user=$(unshare -U true 2>/dev/null && echo allowed || echo refused)"
+echo "timer_list_bytes=$(cat /proc/timer_list 2>/dev/null | wc -c)"
+echo "sysrq_write=$( (echo h > /proc/sysrq-trigger) 2>/dev/null && echo allowed || echo refused)"
+"""
+
+
+def _guest_probe(hutch, busybox, *flags) -> dict:
+    out = hutch.ok("run", "--rm", *VM, *flags, busybox, "sh", "-c", PROBE, timeout=120)
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_the_guest_agent_applies_caps_seccomp_user_and_limits_and_the_flags_weaken_them(hutch, busybox):
+    p = _guest_probe(hutch, busybox)
+    assert p["cap_eff"] == p["cap_bnd"] == "00000000a80425fb"  # Docker's default set, as in a container
+    assert (p["seccomp"], p["no_new_privs"], p["groups"]) == ("2", "0", "0")
+    assert p["mount_tmpfs"] == p["unshare_user"] == "refused"
+    assert (p["timer_list_bytes"], p["sysrq_write"]) == ("0", "refused")  # masked, read-only
+    p = _guest_probe(
+        hutch, busybox, "-u", "hutch", "--ulimit", "nofile=123:456", "--security-opt", "no-new-privileges"
+    )
+    assert (p["cap_eff"], p["cap_bnd"]) == ("0000000000000000", "00000000a80425fb")  # non-root: none
+    assert (p["seccomp"], p["no_new_privs"]) == ("2", "1")
+    assert (p["groups"], p["nofile"]) == ("1000 10 29", "123:456")  # the image's /etc/group, --ulimit
+    p = _guest_probe(hutch, busybox, "--security-opt", "seccomp=unconfined", "--cap-drop", "chown")
+    assert (p["seccomp"], p["cap_eff"]) == ("0", "00000000a80425fa")
+    assert p["unshare_user"] == "allowed"  # seccomp was what refused it
+    p = _guest_probe(hutch, busybox, "--privileged")
+    assert p["seccomp"] == "0" and int(p["cap_eff"], 16) > 0xA80425FB
+    assert p["mount_tmpfs"] == "allowed" and int(p["timer_list_bytes"]) > 0
+    _assert_nothing_left(hutch)
+
+
+def test_tty_in_the_guest(hutch, busybox):
+    from ptysession import shell_session
+
+    out = hutch.ok("run", "--rm", "-t", *VM, busybox, "sh", "-c", "tty; test -t 0 && echo yes", timeout=120)
+    assert out.splitlines() == ["/dev/pts/0", "yes"]
+    answers, after, code = shell_session(hutch.argv("run", "--rm", "-it", *VM, busybox, "sh"), hutch.env)
+    assert b"/dev/pts/0\r\n33 101\r\nxterm\r\n" in answers  # the user's window size reached the guest
+    assert b"^C" in after and code == 5
     _assert_nothing_left(hutch)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
+import struct
 import subprocess
 
 import pytest
 
 from hutch.engine.options import check_isolation, parse_memory_mib
 from hutch.errors import HutchError, InvalidArgument
-from hutch.vm import initramfs, qemu, script
+from hutch.vm import agentconf, frames, initramfs, qemu, script
 
 DEP = """\
 kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
@@ -61,32 +61,78 @@ def _spec(**process) -> dict:
     return {"process": base, "hostname": "h", "mounts": [], "annotations": {}}
 
 
-def test_stage2_quotes_every_value(tmp_path):
+def _records(config: bytes) -> dict[int, list[bytes]]:
+    """The guest agent's config read back the way vmagent.c reads it."""
+    (total,) = struct.unpack_from("<I", config)
+    assert total == len(config) - 4
+    found: dict[int, list[bytes]] = {}
+    at = 4
+    while at < len(config):
+        tag, length = struct.unpack_from("<II", config, at)
+        found.setdefault(tag, []).append(config[at + 8 : at + 8 + length])
+        at += 8 + length
+    return found
+
+
+def test_the_agent_gets_args_env_cwd_and_set_up_steps_verbatim(tmp_path):
     hostile = "X=a'b; $(reboot) `id`"
-    text = script.stage2(_spec(env=["PATH=/bin", hostile], cwd="/we ird"), [tmp_path])
-    last = text.strip().splitlines()[-1]
-    words = shlex.split(last)
-    assert hostile in words and "HOME=/" in words
-    assert "-w/newroot/we ird" in words
-    assert words[-3:] == ["sh", "-c", "echo $X"]
-    assert "-S" not in words  # root keeps root
+    spec = _spec(env=["PATH=/bin", hostile], cwd="/we ird")
+    spec["mounts"] = [{"type": "tmpfs", "destination": "/x $(id)", "options": ["rw", "noexec", "size=1m"]}]
+    spec["root"] = {"readonly": True}
+    assert script.stage2(spec, [tmp_path]) == ""  # nothing left for busybox sh
+    rec = _records(script.agent_config(spec, [tmp_path], None))
+    assert b"/newroot/x $(id)\0" in rec[agentconf.MKDIR] and b"/newroot/we ird\0" in rec[agentconf.MKDIR]
+    mounts = [(struct.unpack_from("<Q", m)[0], m[8:].split(b"\0")[:4]) for m in rec[agentconf.MOUNT]]
+    assert (8, [b"tmpfs", b"tmpfs", b"/newroot/x $(id)", b"size=1m"]) in mounts  # noexec is MS_NOEXEC
+    assert mounts[-1] == (32 | 1, [b"", b"", b"/newroot", b""])  # --read-only: a remount, last
+    assert rec[agentconf.HOSTNAME] == [b"h\0"] and rec[agentconf.DEVICES] == [b"/newroot/dev\0"]
+    assert rec[agentconf.ARG] == [b"sh\0", b"-c\0", b"echo $X\0"]
+    assert rec[agentconf.ENV] == [b"PATH=/bin\0", hostile.encode() + b"\0", b"HOME=/\0"]
+    assert rec[agentconf.CWD] == [b"/we ird\0"] and rec[agentconf.ROOT] == [b"/newroot\0"]
+    assert struct.unpack("<I", rec[agentconf.UID][0]) == (0,)  # root keeps root
 
 
-def test_stage2_resolves_the_user_from_the_image_layers(tmp_path):
+def test_agent_config_user_groups_caps_limits_and_seccomp(tmp_path):
     lower, upper = tmp_path / "l1", tmp_path / "l2"
     (lower / "etc").mkdir(parents=True)
     (upper / "etc").mkdir(parents=True)
     (lower / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
     (upper / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nweb:x:33:44::/srv:/bin/sh\n")
-    (lower / "etc" / "group").write_text("web:x:44:\n")
-    spec = _spec()
+    (lower / "etc" / "group").write_text("web:x:44:\nwheel:x:10:web\n")
+    caps = ["CAP_CHOWN", "CAP_KILL"]
+    spec = _spec(
+        capabilities={"bounding": caps, "effective": caps, "permitted": caps},
+        rlimits=[{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 2**64 - 1}],
+        noNewPrivileges=True,
+    )
+    spec["linux"] = {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "flags": ["SECCOMP_FILTER_FLAG_LOG"]}}
+    rec = _records(script.agent_config(spec, [lower, upper], b"\x06" + b"\0" * 7))
+    mask = (1 << 0) | (1 << 5)
+    assert struct.unpack("<5Q", rec[agentconf.CAPS][0]) == (mask, mask, mask, 0, 0)
+    assert rec[agentconf.RLIMIT] == [struct.pack("<IIQQ", 7, 0, 123, 2**64 - 1)]
+    assert agentconf.NNP in rec and rec[agentconf.SECCOMP] == [b"\x06" + b"\0" * 7]
+    assert rec[agentconf.SECCOMP_FLAGS] == [struct.pack("<I", 2)]
     spec["annotations"]["io.hutch.user"] = "web"
-    words = shlex.split(script.stage2(spec, [lower, upper]).strip().splitlines()[-1])
-    assert words[words.index("-S") + 1] == "33" and words[words.index("-G") + 1] == "44"
-    assert "HOME=/srv" in words
+    rec = _records(script.agent_config(spec, [lower, upper], b"\x06" + b"\0" * 7, root=None))
+    assert [struct.unpack("<I", v)[0] for v in rec[agentconf.UID] + rec[agentconf.GID]] == [33, 44]
+    assert [struct.unpack("<I", v)[0] for v in rec[agentconf.GROUP]] == [10]  # the image's /etc/group
+    assert struct.unpack("<5Q", rec[agentconf.CAPS][0]) == (mask, 0, 0, 0, 0)  # non-root: bounding only
+    assert b"HOME=/srv\0" in rec[agentconf.ENV] and agentconf.ROOT not in rec  # an exec joins the root
+    with pytest.raises(HutchError, match="not compiled"):
+        script.agent_config(spec, [lower, upper], None)
     spec["annotations"]["io.hutch.user"] = "nobody-here"
     with pytest.raises(HutchError, match="unable to find user nobody-here"):
         script.stage2(spec, [lower, upper])
+
+
+def test_exec_frames_split_only_complete_frames():
+    buf = bytearray(frames.pack(frames.STDOUT, 3, b"hello") + frames.pack(frames.EXIT, 3, b"\x07\0\0\0"))
+    tail = frames.pack(frames.STDERR, 3, b"partial")
+    buf += tail[:-2]
+    assert frames.split(buf) == [(frames.STDOUT, 3, b"hello"), (frames.EXIT, 3, b"\x07\0\0\0")]
+    assert bytes(buf) == tail[:-2]
+    buf += tail[-2:]
+    assert frames.split(buf) == [(frames.STDERR, 3, b"partial")] and buf == b""
 
 
 def test_qemu_command_has_the_measured_recipe():

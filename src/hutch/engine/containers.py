@@ -277,6 +277,7 @@ class Engine:
                 stdio=stdio,
                 die_with_parent=die_with_parent,
                 nic=attachment.guest_config() if attachment is not None else None,
+                seccomp_program=self._seccomp_program(record.config["spec"]),
             )
         except BaseException:
             cgroup.destroy()

@@ -48,10 +48,6 @@ def exec_in(engine, ref: str, argv: list[str], options: ExecOptions) -> Containe
     if options.workdir is not None and not options.workdir.startswith("/"):
         raise InvalidArgument(f"the working directory {options.workdir!r} is not an absolute path")
     record = engine.lookup(ref)
-    if record.config.get("options", {}).get("isolation") == "vm":
-        # why refuse: the record's pid is the VM's supervisor, a host process; joining its namespaces would
-        # run the command on the host, outside the VM. exec into a guest needs an agent (not yet).
-        raise HutchError(f"exec into container {record.name}: not supported with --isolation vm yet")
     if record.state == "paused":
         raise HutchError(f"container {ref} is paused, unpause the container before exec")
     # why both: reconcile keeps a record "running" while its reaper lives, even if the init just died.
@@ -60,6 +56,10 @@ def exec_in(engine, ref: str, argv: list[str], options: ExecOptions) -> Containe
     spec = exec_spec(record.config["spec"], argv, options)
     oci_filter = spec.get("linux", {}).get("seccomp")
     program = seccomp.prepare(oci_filter, str(engine.root / "cache" / "seccomp")) if oci_filter else None
+    if record.config.get("options", {}).get("isolation") == "vm":
+        # why not spawn_exec: the record's pid is the VM's supervisor, a host process; joining its
+        # namespaces would run the command on the host. The guest agent runs it inside the VM instead.
+        return _exec_in_vm(record, spec, options, program)
     return spawn_exec(
         spec,
         record.pid,
@@ -68,6 +68,18 @@ def exec_in(engine, ref: str, argv: list[str], options: ExecOptions) -> Containe
         # why: a foreground exec must not outlive the hutch waiting for it; a detached one is meant to.
         die_with_parent=not options.detach,
         seccomp_program=program,
+    )
+
+
+def _exec_in_vm(record, spec: dict, options: ExecOptions, program: bytes | None) -> ContainerProcess:
+    from pathlib import Path
+
+    from hutch.vm import execclient, script
+
+    layers = [Path(p) for p in record.config["layers"]]
+    config = script.agent_config(spec, layers, program, root=None)
+    return execclient.spawn(
+        record.id, record.name, config, options.stdio, options.tty, die_with_parent=not options.detach
     )
 
 

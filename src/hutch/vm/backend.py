@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hutch.errors import HutchError
 from hutch.runtime.spawn import ContainerProcess
-from hutch.vm import accel, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
+from hutch.vm import accel, frames, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
 
 MIN_MEMORY_MIB = 80  # smaller guests deadlock at boot
 DEFAULT_MEMORY_MIB = 128
@@ -56,14 +56,16 @@ def start(
     stdio: tuple[int, int, int],
     die_with_parent: bool,
     nic: dict | None = None,
+    seccomp_program: bytes | None = None,
 ) -> ContainerProcess:
     """Boot the guest for one container and return once its command is about to run (or raise).
 
     ``nic``: the guest's network card, from the engine (``network.tap``): a TAP fd on the bridge, which
     QEMU inherits, and the address, MAC, gateway and MTU the guest sets on its eth0. The caller keeps and
-    closes its own copy of the fd."""
-    if spec["process"].get("terminal"):
-        raise HutchError("-t is not supported with --isolation vm yet")
+    closes its own copy of the fd.
+
+    With a terminal (``-t``) the guest agent makes a pty inside the guest; on the host the supervisor's
+    stdio is the slave of a host pty whose master the caller relays, as a namespace container's."""
     settings = VmSettings(options)
     parts = prepare(settings, layers, cache, scratch)
     volumes = list(options.get("volumes") or [])
@@ -71,16 +73,29 @@ def start(
     if nic is not None:
         stage2 = script.network(nic) + stage2
         parts["nic"] = nic
+    config = script.agent_config(spec, layers, seccomp_program, volumes=volumes)
     shares = virtiofs.shares(state_dir.name, volumes)
     ours, theirs = supervisor.port_pairs()
+    master = slave = None
     try:
         if settings.template:
             _template_for(settings, parts, cache, state_dir)
+        tty = bool(spec["process"].get("terminal"))
+        if tty:
+            master, slave = supervisor.host_pty()
+            stdio = (slave, slave, slave)
         launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
-        return _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
+        launch.config, launch.tty = config, tty
+        launch.exec_name = frames.socket_name(state_dir.name)
+        proc = _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
+        proc.console, master = master, None
+        return proc
     finally:
         for s in (*ours.values(), *theirs.values(), *(share.sock for share in shares)):
             s.close()  # a second close (after the fork) is a no-op
+        for fd in (master, slave):
+            if fd is not None:
+                os.close(fd)
 
 
 def _timeout(settings: VmSettings, parts: dict) -> float:
@@ -169,6 +184,9 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         daemon_log=str(state_dir / "virtiofsd.log"),
         restore=(parts["template"], parts["disk"]) if parts.get("template") else None,
         tap_fd=parts["nic"]["fd"] if parts.get("nic") else -1,
+        config=b"",
+        tty=False,
+        exec_name=b"",
     )
 
 

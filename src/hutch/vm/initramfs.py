@@ -1,11 +1,12 @@
-"""The guest's initramfs: busybox-static, hutch's init script and only the kernel modules the guest needs.
+"""The guest's initramfs: busybox-static, hutch's init script, its guest agent (``native/vmagent.c``, compiled
+statically on the host) and only the kernel modules the guest needs.
 
-Built once per (kernel release, busybox, init script) and cached. It is a newc cpio compressed with LZ4
-in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and under
-TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
+Built once per (kernel release, busybox, init script, agent source) and cached. It is a newc cpio compressed
+with LZ4 in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and
+under TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
 time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
-dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's
-``insmod`` needs no decompressor.
+dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's ``insmod``
+needs no decompressor.
 """
 
 from __future__ import annotations
@@ -127,31 +128,8 @@ def _builtin(modules_dir: Path) -> set[str]:
         return set()
 
 
-# Docker's standard devices, copied into each container's /dev tmpfs by the guest's stage-2 script.
-_DEVICES = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
-_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"))
-_LINKS += (("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
-
-
-def _dev_template(cpio: Cpio) -> None:
-    cpio.directory("devtmpl")
-    for sub in ("pts", "shm", "mqueue"):
-        cpio.directory(f"devtmpl/{sub}")
-    for name, major, minor in _DEVICES:
-        cpio.device(f"devtmpl/{name}", major, minor, 0o666)
-    for name, target in _LINKS:
-        cpio.symlink(f"devtmpl/{name}", target)
-
-
-def build(modules_dir: Path) -> bytes:
-    """The archive for a kernel whose modules are in ``modules_dir``."""
+def build(modules_dir: Path, agent: bytes = b"") -> bytes:
+    """The archive for a kernel whose modules are in ``modules_dir``, with the guest agent's binary."""
     try:
         deps = parse_modules_dep((modules_dir / "modules.dep").read_text())
     except OSError as err:
@@ -165,9 +143,10 @@ def build(modules_dir: Path) -> bytes:
     for name in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "lower", "rw"):
         cpio.directory(name)
     cpio.device("dev/console", 5, 1)
-    _dev_template(cpio)
     cpio.file("bin/busybox", busybox, 0o755)
     cpio.symlink("bin/sh", "busybox")
+    if agent:
+        cpio.file("bin/hutch-vmagent", agent, 0o755)
     volume_order = [p for p in load_order(VOLUME_MODULES, deps, _builtin(modules_dir)) if p not in order]
     net_order = [p for p in load_order(NET_MODULES, deps, _builtin(modules_dir)) if p not in order]
     listings = (("modules", order), ("modules.volumes", volume_order), ("modules.net", net_order))
@@ -184,8 +163,11 @@ def build(modules_dir: Path) -> bytes:
 
 def cached(modules_dir: Path, cache: Path) -> Path:
     """The initramfs for ``modules_dir``, built on first use; keyed by what goes into it."""
+    from hutch import native
+
     key = hashlib.sha256()
-    for part in (modules_dir / "modules.dep", Path(BUSYBOX), _DATA / "init.sh", Path(__file__)):
+    agent_source = native.source_path("vmagent")
+    for part in (modules_dir / "modules.dep", Path(BUSYBOX), _DATA / "init.sh", Path(__file__), agent_source):
         try:
             st = part.stat()
         except OSError:
@@ -196,7 +178,8 @@ def cached(modules_dir: Path, cache: Path) -> Path:
     if not target.exists():
         from hutch.fsutil import atomic_write
 
-        data = compress(build(modules_dir))
+        agent = Path(native.program("vmagent", cache / "bin", static=True)).read_bytes()
+        data = compress(build(modules_dir, agent))
         os.makedirs(cache, exist_ok=True)
         atomic_write(target, data, durable=False)
         for old in cache.glob(f"{prefix}*.cpio"):

@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 QEMU = "qemu-system-x86_64"
-PORTS = ("hutch.ctl", "hutch.stdin", "hutch.stdout", "hutch.stderr")
+# hutch.exec carries the frames of every `hutch exec` (vm/frames.py): ports are fixed at QEMU's start.
+PORTS = ("hutch.ctl", "hutch.stdin", "hutch.stdout", "hutch.stderr", "hutch.exec")
 
 
 def tsc_khz() -> int:

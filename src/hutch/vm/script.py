@@ -1,13 +1,14 @@
-"""The container's configuration as a shell script for the guest's init (stage 2).
+"""The container's root and process, as the guest sets them up (stage 2).
 
-The guest has busybox and nothing else, and parsing JSON in ash is no fun; so the host, which has the OCI
-spec, writes the whole set-up as a plain script with every value single-quoted, and the guest runs it as
-pid 1 of a fresh pid, mount, uts and ipc namespace. The script mounts the container's /proc, /dev and
-/sys into the overlay root, writes the /etc files, sets the hostname, and finally execs the command via
-busybox ``nsenter -r -w -S -G``: chroot, working directory and numeric user in one exec, so nothing of
-the initramfs is visible to the command. Applets are called by name, never as ``/bin/busybox X``: Debian's
-busybox sh runs them in-process or fork-only (FEATURE_SH_STANDALONE), where under TCG each exec of the
-2 MB binary costs tens of milliseconds.
+The guest has busybox, hutch's agent (``native/vmagent.c``) and nothing else; so the host, which has the OCI
+spec, turns it into plain records for the agent (``vm/agentconf.py``): the root's set-up steps (the
+container's /proc, /sys, /dev with devpts and /dev/shm, the engine's /etc files, ``--tmpfs``, volumes,
+Docker's masked and read-only paths, the hostname, ``--read-only``), which the agent performs as pid 1 of
+the container's fresh pid, mount, uts and ipc namespaces, then the process's (args, env, cwd, user and
+groups resolved here against the image's own /etc files, rlimits, capabilities, seccomp). The steps were a
+busybox script before; under TCG each applet is a fork and often an exec of the 2 MB binary, so the script
+took ~0.3 s of a clone's start, and the same steps in C take milliseconds. ``stage2`` remains for set-up
+that needs busybox: shell lines with every value quoted, run before the root is entered.
 """
 
 from __future__ import annotations
@@ -16,17 +17,12 @@ import shlex
 from pathlib import Path
 
 from hutch.runtime.users import ExecUser, resolve_user
+from hutch.vm import agentconf
+
+# mount(2) flags (linux/mount.h); hutch.linux.syscalls has them too, but loads libc through ctypes
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 
 ROOT = "/newroot"
-B = "/bin/busybox"
-_DEVICES = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
 
 
 def q(value: str) -> str:
@@ -54,20 +50,36 @@ def exec_user(spec: dict, layers: list[Path]) -> ExecUser:
     return resolve_user(user_spec, layer_file(layers, "etc/passwd"), layer_file(layers, "etc/group"))
 
 
-def _dev_lines() -> list[str]:
-    """Docker's /dev: a tmpfs filled from the initramfs's template (one ``cp``, not a dozen mknods)."""
+def _flags_and_data(options: list[str]) -> tuple[int, str]:
+    from hutch.runtime.mountopts import parse_mount_options
+
+    parsed = parse_mount_options(options)
+    return parsed.flags, parsed.data_string or ""
+
+
+_DEVPTS = "newinstance,ptmxmode=0666,mode=0620"
+_SHM = "mode=1777,size=67108864"
+
+
+def _dev_records() -> list[bytes]:
+    """Docker's /dev: a tmpfs with the standard nodes, devpts (a new instance: the container's ptys are
+    its own) and /dev/shm."""
     d = f"{ROOT}/dev"
     return [
-        f"mount -t tmpfs -o nosuid,mode=755,size=65536k dev {d}",
-        f"cp -a /devtmpl/. {d}/",
-        f"mount -t devpts -o nosuid,noexec,newinstance,ptmxmode=0666,mode=0620 devpts {d}/pts",
-        f"mount -t tmpfs -o nosuid,noexec,nodev,mode=1777,size=67108864 shm {d}/shm",
+        agentconf.mount("tmpfs", "dev", d, MS_NOSUID, "mode=755,size=65536k"),
+        agentconf.devices(d),
+        agentconf.mount(
+            "devpts", "devpts", f"{d}/pts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
+        ),
+        agentconf.mount(
+            "tmpfs", "shm", f"{d}/shm", MS_NOSUID | MS_NOEXEC | MS_NODEV, "mode=1777,size=67108864"
+        ),
     ]
 
 
-def _etc_lines(spec: dict) -> list[str]:
+def _etc_records(spec: dict) -> list[bytes]:
     """The engine's generated /etc files (hosts, hostname, resolv.conf), copied into the overlay."""
-    lines = []
+    records = []
     for m in spec.get("mounts", []):
         dest = m["destination"]
         if m.get("type") == "bind" and dest.startswith("/etc/"):
@@ -75,30 +87,30 @@ def _etc_lines(spec: dict) -> list[str]:
                 content = Path(m["source"]).read_text()
             except OSError:
                 continue
-            lines.append(f"[ -d {ROOT}/etc ] && printf %s {q(content)} > {q(ROOT + dest)}")
-    return lines
+            records.append(agentconf.write(ROOT + dest, content))
+    return records
 
 
-def _tmpfs_lines(spec: dict) -> list[str]:
-    lines = []
+def _tmpfs_records(spec: dict) -> list[bytes]:
+    records = []
     for m in spec.get("mounts", []):
         if m.get("type") == "tmpfs" and m["destination"] not in ("/dev", "/dev/shm"):
-            target = q(ROOT + m["destination"])
-            opts = ",".join(m.get("options") or ["rw"])
-            lines += [f"mkdir -p {target}", f"mount -t tmpfs -o {q(opts)} tmpfs {target}"]
-    return lines
+            target = ROOT + m["destination"]
+            flags, data = _flags_and_data(m.get("options") or ["rw"])
+            records += [agentconf.mkdir(target), agentconf.mount("tmpfs", "tmpfs", target, flags, data)]
+    return records
 
 
-def _volume_lines(volumes: list[dict]) -> list[str]:
+def _volume_records(volumes: list[dict]) -> list[bytes]:
     """``-v`` volumes, each a virtiofs share tagged ``vol<N>`` (see vm/virtiofs.py)."""
     if not volumes:
         return []
-    lines = ["for m in $(cat /modules.volumes); do insmod /lib/modules/$m; done"]
+    records = [agentconf.modules("/modules.volumes")]
     for n, vol in enumerate(volumes):
-        target = q(ROOT + vol["destination"])
-        ro = " -o ro" if vol.get("readonly") else ""
-        lines += [f"mkdir -p {target}", f"mount -t virtiofs{ro} vol{n} {target}"]
-    return lines
+        target = ROOT + vol["destination"]
+        flags = MS_RDONLY if vol.get("readonly") else 0
+        records += [agentconf.mkdir(target), agentconf.mount("virtiofs", f"vol{n}", target, flags)]
+    return records
 
 
 def _environment(spec: dict, user: ExecUser) -> list[str]:
@@ -108,29 +120,25 @@ def _environment(spec: dict, user: ExecUser) -> list[str]:
     return env
 
 
-def stage2(spec: dict, layers: list[Path], volumes: list[dict] | None = None) -> str:
-    """The whole script; values quoted, so a hostile image config or ``-e`` cannot inject commands."""
-    proc = spec["process"]
-    user = exec_user(spec, layers)
-    cwd = proc.get("cwd") or "/"
-    lines = [
-        "set -e",
-        f"mkdir -p {ROOT}/proc {ROOT}/dev {ROOT}/sys {ROOT}/tmp {q(ROOT + cwd)}",
-        f"mount -t proc -o nosuid,noexec,nodev proc {ROOT}/proc",
-        f"mount -t sysfs -o ro,nosuid,noexec,nodev sys {ROOT}/sys",
-        *_dev_lines(),
-        *_etc_lines(spec),
-        *_tmpfs_lines(spec),
-        *_volume_lines(volumes or []),
-        f"hostname {q(spec.get('hostname') or 'localhost')}",
+def setup_records(spec: dict, volumes: list[dict] | None = None) -> list[bytes]:
+    """The container's root, built by the guest agent in the container's mount namespace: done in C
+    rather than by busybox applets, each of which costs a fork (and often an exec) under TCG."""
+    cwd = spec["process"].get("cwd") or "/"
+    records = [agentconf.mkdir(ROOT + sub) for sub in ("/proc", "/dev", "/sys", "/tmp", cwd)]
+    records += [
+        agentconf.mount("proc", "proc", f"{ROOT}/proc", MS_NOSUID | MS_NOEXEC | MS_NODEV),
+        agentconf.mount("sysfs", "sys", f"{ROOT}/sys", MS_RDONLY | MS_NOSUID | MS_NOEXEC | MS_NODEV),
+        *_dev_records(),
+        *_etc_records(spec),
+        *_tmpfs_records(spec),
+        *_volume_records(volumes or []),
+        *(agentconf.mask(ROOT + path) for path in spec.get("linux", {}).get("maskedPaths", [])),
+        *(agentconf.readonly(ROOT + path) for path in spec.get("linux", {}).get("readonlyPaths", [])),
+        agentconf.hostname(spec.get("hostname") or "localhost"),
     ]
     if spec.get("root", {}).get("readonly"):
-        lines.append(f"mount -o remount,ro {ROOT}")
-    ids = f"-S {user.uid} -G {user.gid} " if user.uid or user.gid else ""
-    env = " ".join(q(item) for item in _environment(spec, user))
-    args = " ".join(q(a) for a in proc["args"])
-    lines.append(f"exec {B} env -i {env} {B} nsenter -r{ROOT} -w{q(ROOT + cwd)} {ids}-F -- {args}")
-    return "\n".join(lines) + "\n"
+        records.append(agentconf.mount("", "", ROOT, MS_REMOUNT | MS_RDONLY))
+    return records
 
 
 def network(nic: dict) -> str:
@@ -149,3 +157,26 @@ def network(nic: dict) -> str:
     if nic.get("gateway"):
         lines.append(f"ip route add default via {q(nic['gateway'])}")
     return "\n".join(lines) + "\n"
+
+
+def stage2(spec: dict, layers: list[Path], volumes: list[dict] | None = None) -> str:
+    """Shell lines the guest runs (busybox sh, values quoted with ``q``) after the agent's set-up steps
+    and before the root is entered; empty unless a feature needs busybox (then the agent skips the
+    shell). Also checks ``--user`` against the image, before anything is started."""
+    exec_user(spec, layers)
+    lines: list[str] = []
+    return "\n".join(["set -e", *lines]) + "\n" if lines else ""
+
+
+def agent_config(
+    spec: dict,
+    layers: list[Path],
+    program: bytes | None,
+    root: str | None = ROOT,
+    volumes: list[dict] | None = None,
+) -> bytes:
+    """The guest agent's config for ``spec``'s process: with ``root``, the container's own (the root's
+    set-up included); ``root=None``, an exec into the running container."""
+    user = exec_user(spec, layers)
+    setup = setup_records(spec, volumes) if root else []
+    return agentconf.encode(spec, user, _environment(spec, user), program, root, setup)

@@ -39,10 +39,14 @@ class Launch:
         "daemon_log",
         "restore",
         "tap_fd",
+        "config",
+        "tty",
+        "exec_name",
     )
 
     def __init__(self, **values) -> None:
-        # argv: QEMU's; script: the guest's stage 2; daemons: (argv, listening fd) of each virtiofsd;
+        # argv: QEMU's; script: the guest's stage 2; config: the guest agent's (vm/agentconf.py);
+        # daemons: (argv, listening fd) of each virtiofsd; exec_name: the socket `hutch exec` connects to;
         # tap_fd: the network card's TAP device (-1: none), inherited by QEMU only.
         for name in self.__slots__:
             setattr(self, name, values[name])
@@ -65,7 +69,8 @@ def run(
         ctl = ports["hutch.ctl"]
         if launch.restore is not None:
             _restore(launch, ports["qmp"])
-        _send(ctl, b"%d\n" % len(launch.script) + launch.script.encode())  # QEMU may die first
+        script = launch.script.encode()
+        _send(ctl, b"%d\n" % len(script) + script + launch.config)  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
         if problem.startswith("the guest did not come up"):
             from hutch.vm import qmp
@@ -78,11 +83,14 @@ def run(
             os._exit(125)
         for sig in FORWARDED:
             signal.signal(sig, lambda signum, _f: _send(ctl, b"signal %d\n" % signum))
+        if launch.tty:
+            _follow_window_size(ctl)
+        listener = _exec_listener(launch.exec_name)
         # A foreground hutch run blocked these across the start; they are forwarded from here on.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         os.write(report, b"ok")
         os.close(report)
-        code = _relay(launch, ports)
+        code = _relay(launch, ports, listener)
         _, status = os.waitpid(qemu_pid, 0)
         for pid in helpers:
             _kill(pid)
@@ -212,13 +220,45 @@ def _send(ctl: socket.socket, data: bytes) -> None:
         pass
 
 
-def _relay(launch: Launch, ports: dict[str, socket.socket]) -> int | None:
-    """Copy stdio until the guest's ports close (QEMU exited); the guest's "exit N", if it sent one."""
+def _follow_window_size(ctl: socket.socket) -> None:
+    """With -t, our stdio is the slave of a host pty whose master the caller relays: made our controlling
+    terminal, its size changes (the caller copies the user's) arrive as SIGWINCH and go to the guest's pty
+    as "winch ROWS COLS" lines."""
+    import fcntl
+    import struct
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def winch(_signum, _frame) -> None:
+        try:
+            rows, cols = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        except OSError:
+            return
+        if rows or cols:  # 0x0: the caller has no terminal size to give
+            _send(ctl, b"winch %d %d\n" % (rows, cols))
+
+    signal.signal(signal.SIGWINCH, winch)
+    winch(0, None)
+
+
+def _exec_listener(name: bytes) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(name)
+    listener.listen(16)
+    return listener
+
+
+def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.socket) -> int | None:
+    """Copy stdio until the guest's ports close (QEMU exited); the guest's "exit N", if it sent one.
+    ``hutch exec`` clients connecting to ``listener`` are routed to and from the exec port."""
     stdin_fd, out_fd, err_fd = launch.stdio
     sinks = {ports["hutch.stdout"].fileno(): out_fd, ports["hutch.stderr"].fileno(): err_fd}
     ctl = ports["hutch.ctl"]
     stdin_sock = ports["hutch.stdin"]
-    readers = [ctl.fileno(), *sinks]
+    router = ExecRouter(ports["hutch.exec"], listener)
+    readers = [ctl.fileno(), *sinks, *router.fds()]
     if launch.interactive:
         readers.append(stdin_fd)
     else:
@@ -231,6 +271,8 @@ def _relay(launch: Launch, ports: dict[str, socket.socket]) -> int | None:
         except InterruptedError:
             continue
         for fd in ready:
+            if fd not in readers or router.handle(fd, readers):
+                continue  # (a client dropped earlier in this round, or the router's)
             data = _read(fd)
             if fd == stdin_fd:
                 if data:
@@ -250,7 +292,81 @@ def _relay(launch: Launch, ports: dict[str, socket.socket]) -> int | None:
                     if line.startswith(b"exit "):
                         code = int(line[5:])
                 ctl_buf = ctl_buf.rsplit(b"\n", 1)[-1]
+    router.close()
     return code
+
+
+class ExecRouter:
+    """Routes the frames of ``hutch exec`` clients (vm/frames.py) to the guest's exec port and back: each
+    client gets an id, rewritten into its frames; a client that goes away has its process killed."""
+
+    def __init__(self, port: socket.socket, listener: socket.socket) -> None:
+        self.port, self.listener = port, listener
+        self.port_buf = bytearray()
+        self.clients: dict[int, tuple[socket.socket, int, bytearray]] = {}  # fd -> (sock, id, buffer)
+
+    def fds(self) -> list[int]:
+        return [self.port.fileno(), self.listener.fileno()]
+
+    def handle(self, fd: int, readers: list[int]) -> bool:
+        """Serve ``fd`` if it is one of ours; False otherwise."""
+        from hutch.vm import frames
+
+        if fd == self.listener.fileno():
+            self._accept(readers)
+        elif fd == self.port.fileno():
+            data = _read(fd)
+            if not data:
+                readers.remove(fd)
+            self.port_buf += data
+            for kind, ident, payload in frames.split(self.port_buf):
+                self._to_client(kind, ident, payload, readers)
+        elif fd in self.clients:
+            sock, ident, buf = self.clients[fd]
+            data = _read(fd)
+            if not data:
+                _send(self.port, frames.pack(frames.SIGNAL, ident, (9).to_bytes(4, "little")))
+                self._drop(fd, readers)
+            buf += data
+            for kind, _, payload in frames.split(buf):
+                _send(self.port, frames.pack(kind, ident, payload))
+        else:
+            return False
+        return True
+
+    def _accept(self, readers: list[int]) -> None:
+        import struct
+
+        sock, _ = self.listener.accept()
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        used = {ident for _, ident, _ in self.clients.values()}
+        free = [i for i in range(1, 256) if i not in used]
+        # why the uid check: the socket is abstract, so file permissions cannot guard it
+        if struct.unpack("3i", creds)[1] != os.geteuid() or not free:
+            sock.close()
+            return
+        self.clients[sock.fileno()] = (sock, free[0], bytearray())
+        readers.append(sock.fileno())
+
+    def _to_client(self, kind: int, ident: int, payload: bytes, readers: list[int]) -> None:
+        from hutch.vm import frames
+
+        for fd, (sock, owner, _) in list(self.clients.items()):
+            if owner == ident:
+                _send(sock, frames.pack(kind, ident, payload))
+                if kind == frames.EXIT:
+                    self._drop(fd, readers)
+
+    def _drop(self, fd: int, readers: list[int]) -> None:
+        sock = self.clients.pop(fd)[0]
+        if fd in readers:
+            readers.remove(fd)
+        sock.close()
+
+    def close(self) -> None:
+        for sock, _, _ in self.clients.values():
+            sock.close()
+        self.listener.close()
 
 
 def _read(fd: int) -> bytes:
@@ -269,6 +385,17 @@ def _write_all(fd: int, data: bytes) -> None:
             return
         except InterruptedError:
             continue
+
+
+def host_pty() -> tuple[int, int]:
+    """A host pty whose slave carries the guest pty's bytes untouched (raw: the guest's line discipline
+    already echoes and translates); the master is the caller's console, as with a namespace container."""
+    import tty
+
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    tty.setraw(slave)
+    return master, slave
 
 
 def port_pairs() -> tuple[dict[str, socket.socket], dict[str, socket.socket]]:

@@ -1,0 +1,902 @@
+/*
+ * hutch-vmagent: pid 1 of a microVM guest once its init script has mounted the container's root.
+ *
+ * The guest's busybox init (hutch/vm/data/init.sh) loads modules, finds the virtio-serial ports, reads the
+ * container's stage-2 mount script and mounts the root, then execs this program with the control port on fd 3.
+ * It gives a container in a VM the same process set-up a namespace container gets from hutch/runtime/init.py,
+ * which busybox cannot: supplementary groups, rlimits, the capability sets, no_new_privs and the seccomp
+ * filter (classic BPF compiled on the host: guest and host are both x86_64). It then stays as the guest's
+ * init to forward signals, relay a pty (-t), run `hutch exec` requests, report the exit status and power off.
+ *
+ * Usage: hutch-vmagent IN OUT ERR (fd 3: the control port; IN may be "" for none)
+ *
+ * Control port, host -> guest: "SIZE\n" + the stage-2 script, a config (u32 length + records, see
+ * hutch/vm/agentconf.py), then lines "signal N" and "winch ROWS COLS". Guest -> host: "up" (or
+ * "fail WHY") once the root is mounted, and "exit N".
+ * Exec port ("hutch.exec"): frames {u8 type, u8 id, u16 0, u32 length} + payload (see hutch/vm/frames.py).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/reboot.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+enum { T_ARG = 1, T_ENV, T_CWD, T_UID, T_GID, T_GROUP, T_RLIMIT, T_CAPS, T_NNP, T_SECCOMP, T_SECCOMP_FLAGS,
+       T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES, T_MASK,
+       T_READONLY };
+enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT };
+
+#define MAX_LIST 256
+#define MAX_STEPS 256
+#define MAX_EXECS 16
+
+struct rlim { uint32_t resource, pad; uint64_t soft, hard; };
+
+struct config {
+	char *argv[MAX_LIST + 1], *envp[MAX_LIST + 1], *cwd, *root;
+	int argc, envc, ngroups, nrlimits, nnp, tty, has_caps;
+	uint32_t uid, gid, groups[MAX_LIST], seccomp_flags;
+	struct rlim rlimits[16];
+	uint64_t caps[5]; /* bounding, effective, permitted, inheritable, ambient */
+	unsigned char *bpf;
+	uint32_t bpf_len;
+	struct step { uint32_t tag, len; unsigned char *value; } steps[MAX_STEPS]; /* the root's set-up */
+	int nsteps;
+};
+
+struct exec {
+	int used, id, pid, in, out, err, master, reaped, code;
+};
+
+static int ctl = 3, exec_port = -1;
+static struct exec execs[MAX_EXECS];
+
+static void say(const char *fmt, const char *a, int err)
+{
+	dprintf(2, "hutch: %s%s%s%s\n", fmt, a ? a : "", err ? ": " : "", err ? strerror(err) : "");
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const char *p = data;
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int read_all(int fd, void *data, size_t len)
+{
+	char *p = data;
+	while (len) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static void run_stage2(const char *stage2);
+
+static void power_off(void)
+{
+	sync();
+	reboot(RB_POWER_OFF);
+	_exit(1);
+}
+
+static void fail(const char *what)
+{
+	dprintf(ctl, "fail %s\n", what);
+	power_off();
+}
+
+/* The config: records {u32 tag, u32 length, bytes}; strings arrive NUL-terminated. */
+static int parse_config(unsigned char *buf, uint32_t len, struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->cwd = "/";
+	for (uint32_t off = 0; off + 8 <= len;) {
+		uint32_t tag, n;
+		memcpy(&tag, buf + off, 4);
+		memcpy(&n, buf + off + 4, 4);
+		unsigned char *v = buf + off + 8;
+		if (n > len - off - 8)
+			return -1;
+		off += 8 + n;
+		switch (tag) {
+		case T_ARG: if (c->argc < MAX_LIST) c->argv[c->argc++] = (char *)v; break;
+		case T_ENV: if (c->envc < MAX_LIST) c->envp[c->envc++] = (char *)v; break;
+		case T_CWD: c->cwd = (char *)v; break;
+		case T_ROOT: c->root = (char *)v; break;
+		case T_UID: memcpy(&c->uid, v, 4); break;
+		case T_GID: memcpy(&c->gid, v, 4); break;
+		case T_GROUP: if (c->ngroups < MAX_LIST) memcpy(&c->groups[c->ngroups++], v, 4); break;
+		case T_RLIMIT: if (c->nrlimits < 16) memcpy(&c->rlimits[c->nrlimits++], v, sizeof(struct rlim)); break;
+		case T_CAPS: memcpy(c->caps, v, sizeof(c->caps)); c->has_caps = 1; break;
+		case T_NNP: c->nnp = 1; break;
+		case T_TTY: c->tty = 1; break;
+		case T_SECCOMP: c->bpf = v; c->bpf_len = n; break;
+		case T_SECCOMP_FLAGS: memcpy(&c->seccomp_flags, v, 4); break;
+		case T_MKDIR: case T_MOUNT: case T_WRITE: case T_DEVICES: case T_HOSTNAME: case T_MODULES: case T_MASK:
+		case T_READONLY:
+			if (c->nsteps == MAX_STEPS)
+				return -1;
+			c->steps[c->nsteps++] = (struct step){tag, n, v};
+			break;
+		}
+	}
+	return c->argc ? 0 : -1;
+}
+
+static unsigned char *read_block(int fd, uint32_t *len)
+{
+	if (read_all(fd, len, 4) < 0 || *len > (64u << 20))
+		return NULL;
+	unsigned char *buf = malloc(*len + 1);
+	if (!buf || read_all(fd, buf, *len) < 0)
+		return NULL;
+	buf[*len] = 0;
+	return buf;
+}
+
+#define STAGE2 "/stage2"
+
+/* The stage-2 script ("SIZE\n" + text, written to STAGE2) and the config, then the root: the image's erofs
+ * disk (read only now: a template clone is handed its disk after the restore) under a tmpfs upper. */
+static void receive_config(struct config *c)
+{
+	char digits[16] = {0};
+	for (size_t i = 0; i < sizeof(digits) - 1; i++)
+		if (read_all(ctl, &digits[i], 1) < 0 || digits[i] == '\n')
+			break;
+	uint32_t size = (uint32_t)strtoul(digits, NULL, 10), len;
+	char *script = malloc(size + 1);
+	int fd = open(STAGE2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (!script || read_all(ctl, script, size) < 0 || fd < 0 || write_all(fd, script, size) < 0)
+		fail("read config");
+	close(fd);
+	unsigned char *raw = read_block(ctl, &len);
+	if (!raw || parse_config(raw, len, c) < 0 || !c->root)
+		fail("bad container config");
+	if (mount("/dev/vda", "/lower", "erofs", MS_RDONLY, NULL) < 0)
+		fail("mount root disk");
+	if (mount("overlay", c->root, "overlay", 0, "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work") < 0)
+		fail("overlay");
+	dprintf(ctl, "up\n");
+}
+
+/* --- the final steps in the container, in runtime/init.py's order ------------------------------------- */
+
+static int last_cap(void)
+{
+	char buf[16] = {0};
+	int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC), last = 40;
+	if (fd >= 0) {
+		if (read(fd, buf, sizeof(buf) - 1) > 0)
+			last = atoi(buf);
+		close(fd);
+	}
+	return last;
+}
+
+static int load_seccomp(const struct config *c)
+{
+	struct sock_fprog prog = {(unsigned short)(c->bpf_len / 8), (struct sock_filter *)c->bpf};
+	if (c->seccomp_flags)
+		return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, c->seccomp_flags, &prog);
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+static void die(int code, const char *what, const char *arg, int err)
+{
+	say(what, arg, err);
+	_exit(code);
+}
+
+/* Bounding set dropped while CAP_SETPCAP is ours, ids switched with keep-caps, then the spec's sets. */
+static void switch_user(const struct config *c)
+{
+	int last = last_cap();
+	uint64_t valid = last >= 63 ? ~0ull : (1ull << (last + 1)) - 1;
+	for (int n = 0; n <= last; n++)
+		if (!(c->caps[0] & (1ull << n)) && prctl(PR_CAPBSET_DROP, n, 0, 0, 0) < 0)
+			die(125, "dropping a capability from the bounding set", NULL, errno);
+	prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
+	gid_t groups[MAX_LIST];
+	for (int i = 0; i < c->ngroups; i++)
+		groups[i] = c->groups[i];
+	if (setgroups((size_t)c->ngroups, groups) < 0)
+		die(125, "setgroups", NULL, errno);
+	if (setresgid(c->gid, c->gid, c->gid) < 0 || setresuid(c->uid, c->uid, c->uid) < 0)
+		die(125, "switching to the container's user", NULL, errno);
+	prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+	struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+	struct __user_cap_data_struct data[2];
+	uint64_t eff = c->caps[1] & valid, perm = c->caps[2] & valid, inh = c->caps[3] & valid;
+	data[0].effective = (uint32_t)eff, data[1].effective = (uint32_t)(eff >> 32);
+	data[0].permitted = (uint32_t)perm, data[1].permitted = (uint32_t)(perm >> 32);
+	data[0].inheritable = (uint32_t)inh, data[1].inheritable = (uint32_t)(inh >> 32);
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		die(125, "capset", NULL, errno);
+	prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	for (int n = 0; n <= last; n++)
+		if (c->caps[4] & (1ull << n))
+			prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, n, 0, 0);
+}
+
+/* execvpe(3) searches the agent's PATH; the container's command is looked up in the container's. */
+static void exec_command(const struct config *c)
+{
+	const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	for (int i = 0; i < c->envc; i++)
+		if (!strncmp(c->envp[i], "PATH=", 5))
+			path = c->envp[i] + 5;
+	char **argv = (char **)c->argv, **envp = (char **)c->envp;
+	if (strchr(argv[0], '/')) {
+		execve(argv[0], argv, envp);
+		die(errno == ENOENT ? 127 : 126, "exec ", argv[0], errno);
+	}
+	int denied = 0;
+	char full[4096];
+	for (const char *p = path;; p++) {
+		const char *end = strchrnul(p, ':');
+		int n = snprintf(full, sizeof(full), "%.*s%s%s", (int)(end - p), p, end == p ? "" : "/", argv[0]);
+		if (n > 0 && n < (int)sizeof(full)) {
+			execve(full, argv, envp);
+			if (errno == EACCES)
+				denied = 1;
+			else if (errno != ENOENT && errno != ENOTDIR)
+				die(126, "exec ", argv[0], errno);
+		}
+		if (!*end)
+			break;
+		p = end;
+	}
+	if (denied)
+		die(126, "exec ", argv[0], EACCES);
+	dprintf(2, "hutch: exec %s: executable file not found in $PATH\n", argv[0]);
+	_exit(127);
+}
+
+static int send_fd(int sock, int fd)
+{
+	char byte = 't', cbuf[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {&byte, 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_SOCKET, cm->cmsg_type = SCM_RIGHTS, cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	return sendmsg(sock, &msg, 0) < 0 ? -1 : 0;
+}
+
+static int recv_fd(int sock)
+{
+	char byte, cbuf[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {&byte, 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) <= 0)
+		return -1;
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	int fd = -1;
+	if (cm && cm->cmsg_type == SCM_RIGHTS)
+		memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+	return fd;
+}
+
+/* A pty from the container's own devpts (its /dev/ptmx): the slave becomes our terminal, the master goes
+ * to the agent over `sock`. why inside: a pty of another devpts instance would not resolve to a name. */
+static void take_terminal(int sock)
+{
+	int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC), unlock = 0;
+	unsigned int n;
+	char name[32];
+	if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0 || ioctl(master, TIOCGPTN, &n) < 0)
+		die(125, "opening a pty in the container", NULL, errno);
+	snprintf(name, sizeof(name), "/dev/pts/%u", n);
+	int slave = open(name, O_RDWR | O_NOCTTY);
+	if (slave < 0 || send_fd(sock, master) < 0)
+		die(125, "pty ", name, errno);
+	close(master);
+	if (ioctl(slave, TIOCSCTTY, 0) < 0)
+		die(125, "making the pty our terminal", NULL, errno);
+	for (int fd = 0; fd < 3; fd++)
+		dup2(slave, fd);
+	if (slave > 2)
+		close(slave);
+}
+
+/* Everything from the terminal to exec, as root inside the container's namespaces and root; never returns. */
+static void start_process(const struct config *c, int tty_sock)
+{
+	setsid();
+	if (c->tty)
+		take_terminal(tty_sock);
+	for (int i = 0; i < c->nrlimits; i++) {
+		struct rlimit r = {c->rlimits[i].soft, c->rlimits[i].hard};
+		if (setrlimit((int)c->rlimits[i].resource, &r) < 0)
+			die(125, "setrlimit", NULL, errno);
+	}
+	/* why here without no_new_privs: loading a filter then needs CAP_SYS_ADMIN, which the uid switch drops;
+	 * the profile allows every call from here to exec. */
+	if (c->bpf_len && !c->nnp && load_seccomp(c) < 0)
+		die(125, "loading the seccomp filter", NULL, errno);
+	switch_user(c);
+	if (chdir(c->cwd) < 0)
+		die(125, "working directory ", c->cwd, errno);
+	char here[8];
+	if (!getcwd(here, sizeof(here)) && errno != ERANGE)
+		die(125, "working directory outside the container: ", c->cwd, errno);
+	if (c->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		die(125, "no_new_privs", NULL, errno);
+	/* No fd of the agent's reaches the command beyond stdio. */
+	if (syscall(SYS_close_range, 3, ~0u, 0) < 0)
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
+	sigset_t none;
+	sigemptyset(&none);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (c->bpf_len && c->nnp && load_seccomp(c) < 0) /* as late as possible: fewer of our calls pass it */
+		die(125, "loading the seccomp filter", NULL, errno);
+	exec_command(c);
+}
+
+/* --- the container's root, built in its mount namespace (hutch/vm/script.py makes the steps) -------- */
+
+static int mkdir_p(const char *path)
+{
+	char buf[4096];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+		return -1;
+	for (char *p = buf + 1;; p++) {
+		if (*p == '/' || !*p) {
+			char was = *p;
+			*p = 0;
+			if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+				return -1;
+			if (!(*p = was))
+				return 0;
+		}
+	}
+}
+
+/* Docker's standard /dev (a fresh tmpfs): its nodes are 0666 whatever the umask. */
+static int make_devices(const char *dir)
+{
+	static const struct { const char *name; unsigned major, minor; } nodes[] = {
+		{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
+	static const char *links[][2] = {{"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+					 {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}};
+	char path[4096];
+	for (unsigned i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, nodes[i].name);
+		if (mknod(path, S_IFCHR | 0666, makedev(nodes[i].major, nodes[i].minor)) < 0 || chmod(path, 0666) < 0)
+			return -1;
+	}
+	for (unsigned i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, links[i][0]);
+		if (symlink(links[i][1], path) < 0)
+			return -1;
+	}
+	for (const char **sub = (const char *[]){"pts", "shm", "mqueue", NULL}; *sub; sub++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, *sub);
+		if (mkdir(path, 0755) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int load_modules(const char *listing)
+{
+	char names[4096] = {0}, path[300];
+	int fd = open(listing, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, names, sizeof(names) - 1) < 0)
+		return -1;
+	close(fd);
+	for (char *name = strtok(names, "\n"); name; name = strtok(NULL, "\n")) {
+		snprintf(path, sizeof(path), "/lib/modules/%s", name);
+		int mod = open(path, O_RDONLY | O_CLOEXEC);
+		if (mod < 0 || (syscall(SYS_finit_module, mod, "", 0) < 0 && errno != EEXIST))
+			return -1;
+		close(mod);
+	}
+	return 0;
+}
+
+static int write_file(const char *path, const unsigned char *data, uint32_t len)
+{
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	struct stat st;
+	if (slash)
+		*slash = 0;
+	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+		return 0; /* an image without /etc gets no /etc files */
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write_all(fd, data, len) < 0)
+		return -1;
+	return close(fd);
+}
+
+/* Docker's masked and read-only paths (under the /proc and /sys just mounted: nothing of the container's
+ * has run yet to redirect them; /dev/null is still the initramfs's here). */
+static int mask_or_protect(uint32_t tag, const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return 0;
+	if (tag == T_MASK)
+		return S_ISDIR(st.st_mode) ? mount("tmpfs", path, "tmpfs", MS_RDONLY, "mode=755")
+					   : mount("/dev/null", path, NULL, MS_BIND, NULL);
+	if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0)
+		return -1;
+	return mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+static const char *or_null(const char *s)
+{
+	return *s ? s : NULL;
+}
+
+static void build_root(const struct config *c)
+{
+	for (int i = 0; i < c->nsteps; i++) {
+		const struct step *st = &c->steps[i];
+		const char *v = (const char *)st->value;
+		int rc = 0;
+		if (st->tag == T_MKDIR)
+			rc = mkdir_p(v);
+		else if (st->tag == T_MOUNT) {
+			uint64_t flags;
+			memcpy(&flags, v, 8);
+			const char *type = v + 8, *source = type + strlen(type) + 1, *target = source + strlen(source) + 1;
+			const char *data = target + strlen(target) + 1;
+			rc = mount(or_null(source), target, or_null(type), flags, or_null(data));
+			v = target;
+		} else if (st->tag == T_WRITE) {
+			size_t n = strlen(v) + 1;
+			rc = write_file(v, st->value + n, st->len - (uint32_t)n);
+		} else if (st->tag == T_DEVICES)
+			rc = make_devices(v);
+		else if (st->tag == T_HOSTNAME)
+			rc = sethostname(v, strlen(v));
+		else if (st->tag == T_MODULES)
+			rc = load_modules(v);
+		else if (st->tag == T_MASK || st->tag == T_READONLY)
+			rc = mask_or_protect(st->tag, v);
+		if (rc < 0)
+			die(125, "setting up the container's root: ", v, errno);
+	}
+}
+
+/* --- the container's pid 1 -------------------------------------------------------------------------- */
+
+/* Runs as pid 1 of the container's new pid, mount, uts and ipc namespaces: mounts /proc, /dev, /sys, ...
+ * into the root (and runs the stage-2 script, if any), then the root becomes "/" and the command is exec'd. */
+static void container_child(const struct config *c, const char *stage2, int tty_sock)
+{
+	/* why MS_MOVE + chroot, not pivot_root: the old root is the initramfs (rootfs), which pivot_root
+	 * refuses; moving the new root over it in this private namespace hides the initramfs the same way. */
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		die(125, "making the mounts private", NULL, errno);
+	build_root(c);
+	struct stat st;
+	if (stat(stage2, &st) == 0 && st.st_size > 0)
+		run_stage2(stage2);
+	if (chdir(c->root) < 0 || mount(c->root, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
+		die(125, "entering the container's root ", c->root, errno);
+	start_process(c, tty_sock);
+}
+
+static void run_stage2(const char *stage2)
+{
+	pid_t sh = fork();
+	if (sh == 0) {
+		execl("/bin/busybox", "sh", stage2, (char *)NULL);
+		_exit(127);
+	}
+	int status;
+	if (sh < 0 || waitpid(sh, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
+		die(125, "the container's stage-2 set-up failed", NULL, 0);
+}
+
+static void send_frame(int type, int id, const void *data, uint32_t len)
+{
+	unsigned char head[8] = {(unsigned char)type, (unsigned char)id, 0, 0};
+	memcpy(head + 4, &len, 4);
+	if (exec_port < 0)
+		return;
+	write_all(exec_port, head, 8);
+	if (len)
+		write_all(exec_port, data, len);
+}
+
+static int code_of(int status)
+{
+	return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+static int open_ns(pid_t pid, const char *kind)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/ns/%s", pid, kind);
+	return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+/* `hutch exec`: a process in the container's namespaces, set up like its pid 1. The agent itself enters
+ * the container's pid namespace for the fork only, so the process is its child (it reaps it and reports
+ * the exit code) and yet in the container's pid namespace. */
+static void start_exec(int id, unsigned char *conf, uint32_t len, pid_t cpid, int self_pidns)
+{
+	static struct config c;
+	struct exec *e = NULL;
+	for (int i = 0; i < MAX_EXECS && !e; i++)
+		if (!execs[i].used)
+			e = &execs[i];
+	int code = 125;
+	uint32_t declared = 0;
+	if (len >= 4)
+		memcpy(&declared, conf, 4);
+	if (!e || declared != len - 4 || parse_config(conf + 4, declared, &c) < 0) {
+		send_frame(F_STDERR, id, "hutch: bad exec request\n", 24);
+		send_frame(F_EXIT, id, &code, 4);
+		return;
+	}
+	int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, sock[2] = {-1, -1};
+	int pidns = open_ns(cpid, "pid"), mnt = open_ns(cpid, "mnt"), uts = open_ns(cpid, "uts"),
+	    ipc = open_ns(cpid, "ipc");
+	if (c.tty)
+		socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sock);
+	else if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0)
+		pidns = -1;
+	pid_t pid = -1;
+	if (pidns >= 0 && mnt >= 0 && setns(pidns, CLONE_NEWPID) == 0) {
+		pid = fork();
+		if (pid == 0) {
+			if (setns(ipc, CLONE_NEWIPC) < 0 || setns(uts, CLONE_NEWUTS) < 0 || setns(mnt, CLONE_NEWNS) < 0)
+				die(125, "joining the container's namespaces", NULL, errno);
+			if (!c.tty) {
+				dup2(in[0], 0), dup2(out[1], 1), dup2(err[1], 2);
+			}
+			start_process(&c, sock[1]);
+		}
+		setns(self_pidns, CLONE_NEWPID);
+	}
+	int fds[] = {pidns, mnt, uts, ipc, in[0], out[1], err[1], sock[1]};
+	for (unsigned i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (pid < 0) {
+		send_frame(F_STDERR, id, "hutch: exec: cannot enter the container\n", 40);
+		send_frame(F_EXIT, id, &code, 4);
+		for (int *fd = (int[]){in[1], out[0], err[0], sock[0]}, k = 0; k < 4; k++)
+			if (fd[k] >= 0)
+				close(fd[k]);
+		return;
+	}
+	*e = (struct exec){1, id, pid, in[1], out[0], err[0], -1, 0, 0};
+	if (c.tty) {
+		e->master = recv_fd(sock[0]); /* -1 when the child failed before its pty: it reports on stderr */
+		e->in = e->master >= 0 ? dup(e->master) : -1;
+		close(sock[0]);
+	}
+}
+
+static struct exec *exec_by_id(int id)
+{
+	for (int i = 0; i < MAX_EXECS; i++)
+		if (execs[i].used && execs[i].id == id)
+			return &execs[i];
+	return NULL;
+}
+
+static void exec_done_if_finished(struct exec *e)
+{
+	if (e->used && e->reaped && e->out < 0 && e->err < 0 && e->master < 0) {
+		send_frame(F_EXIT, e->id, &e->code, 4);
+		if (e->in >= 0)
+			close(e->in);
+		e->used = 0;
+	}
+}
+
+static void set_winsize(int fd, const unsigned char *rc)
+{
+	struct winsize ws = {0};
+	uint16_t rows, cols;
+	memcpy(&rows, rc, 2), memcpy(&cols, rc + 2, 2);
+	ws.ws_row = rows, ws.ws_col = cols;
+	if (fd >= 0)
+		ioctl(fd, TIOCSWINSZ, &ws);
+}
+
+/* Frames from the host's exec port; `buf` holds what has arrived, the complete frames are consumed. */
+static size_t handle_frames(unsigned char *buf, size_t used, pid_t cpid, int self_pidns)
+{
+	size_t off = 0;
+	while (used - off >= 8) {
+		uint32_t len;
+		memcpy(&len, buf + off + 4, 4);
+		if (used - off - 8 < len)
+			break;
+		int type = buf[off], id = buf[off + 1];
+		unsigned char *data = buf + off + 8;
+		struct exec *e = exec_by_id(id);
+		if (type == F_START)
+			start_exec(id, data, len, cpid, self_pidns);
+		else if (e && type == F_STDIN && e->in >= 0) {
+			if (len == 0 || write_all(e->in, data, len) < 0) {
+				if (e->master < 0 || len)
+					close(e->in), e->in = -1;
+				else
+					write_all(e->in, "\004", 1); /* EOF on a terminal: ^D */
+			}
+		} else if (e && type == F_SIGNAL && len == 4) {
+			int sig;
+			memcpy(&sig, data, 4);
+			kill(e->pid, sig);
+		} else if (e && type == F_WINCH && len == 4)
+			set_winsize(e->master, data);
+		off += 8 + len;
+	}
+	memmove(buf, buf + off, used - off);
+	return used - off;
+}
+
+static int find_port(const char *wanted)
+{
+	for (int tries = 0; tries < 200; tries++) {
+		DIR *d = opendir("/sys/class/virtio-ports");
+		struct dirent *ent;
+		while (d && (ent = readdir(d))) {
+			char path[300], name[64] = {0};
+			snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", ent->d_name);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, name, sizeof(name) - 1);
+			close(fd);
+			if (n > 0 && name[n - 1] == '\n')
+				name[n - 1] = 0;
+			if (!strcmp(name, wanted)) {
+				snprintf(path, sizeof(path), "/dev/%s", ent->d_name);
+				closedir(d);
+				return open(path, O_RDWR | O_CLOEXEC);
+			}
+		}
+		if (d)
+			closedir(d);
+		usleep(10000);
+	}
+	return -1;
+}
+
+/* Copy what `from` has into `to`; -1 at EOF or error (EIO: the pty's last slave closed). */
+static int pump(int from, int to, int type, int id)
+{
+	char buf[16384];
+	ssize_t n = read(from, buf, sizeof(buf));
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return 0;
+	if (n <= 0)
+		return -1;
+	if (type)
+		send_frame(type, id, buf, (uint32_t)n);
+	else
+		write_all(to, buf, (size_t)n);
+	return 0;
+}
+
+/* What the agent's loop tracks about the container's own process. */
+struct container {
+	pid_t pid;
+	int status, reaped, master, tty_sock, in, out;
+	unsigned char winsize[4], have_winsize;
+};
+
+/* "signal N" goes to the container's pid 1, "winch ROWS COLS" to its pty (kept for a pty still to come). */
+static void control_line(struct container *k, const char *line)
+{
+	int a, b;
+	if (sscanf(line, "signal %d", &a) == 1)
+		kill(k->pid, a);
+	else if (sscanf(line, "winch %d %d", &a, &b) == 2) {
+		uint16_t rc[2] = {(uint16_t)a, (uint16_t)b};
+		memcpy(k->winsize, rc, 4), k->have_winsize = 1;
+		set_winsize(k->master, k->winsize);
+	}
+}
+
+static void read_control(struct container *k)
+{
+	static char line[256];
+	static size_t used;
+	ssize_t got = read(ctl, line + used, sizeof(line) - 1 - used);
+	if (got <= 0) {
+		ctl = -1; /* the host went away: QEMU is being killed */
+		return;
+	}
+	used += (size_t)got;
+	line[used] = 0;
+	char *nl, *start = line;
+	while ((nl = strchr(start, '\n'))) {
+		*nl = 0;
+		control_line(k, start);
+		start = nl + 1;
+	}
+	used = strlen(start);
+	memmove(line, start, used);
+	if (used == sizeof(line) - 1)
+		used = 0; /* an overlong line: dropped */
+}
+
+static void reap(int sigfd, struct container *k)
+{
+	struct signalfd_siginfo si;
+	while (read(sigfd, &si, sizeof(si)) > 0)
+		;
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid == k->pid)
+			k->status = status, k->reaped = 1;
+		for (int i = 0; i < MAX_EXECS; i++)
+			if (execs[i].used && execs[i].pid == pid) {
+				execs[i].reaped = 1, execs[i].code = code_of(status);
+				exec_done_if_finished(&execs[i]);
+			}
+	}
+}
+
+/* The container's pid 1, in new pid, mount, uts and ipc namespaces, with stdio on the ports (or, with a
+ * terminal, on its pty once made, whose master comes back over k->tty_sock). */
+static pid_t spawn_container(const struct config *c, struct container *k, int err, const sigset_t *blocked)
+{
+	int pair[2] = {-1, -1};
+	if (c->tty && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+		fail("socketpair");
+	pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD,
+				   NULL, NULL, NULL, NULL);
+	if (pid == 0) {
+		sigprocmask(SIG_UNBLOCK, blocked, NULL);
+		dup2(c->tty ? open("/dev/null", O_RDONLY) : k->in, 0);
+		dup2(k->out, 1);
+		dup2(err, 2);
+		container_child(c, STAGE2, pair[1]);
+	}
+	if (pid < 0)
+		fail("clone");
+	if (pair[1] >= 0)
+		close(pair[1]);
+	k->tty_sock = pair[0];
+	return pid;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 4 || getpid() != 1) {
+		dprintf(2, "usage: hutch-vmagent IN OUT ERR (as the guest's pid 1)\n");
+		return 2;
+	}
+	fcntl(ctl, F_SETFD, FD_CLOEXEC);
+	static struct config c;
+	receive_config(&c);
+	struct container k = {.master = -1, .tty_sock = -1};
+	k.in = *argv[1] ? open(argv[1], O_RDONLY | O_CLOEXEC) : open("/dev/null", O_RDONLY | O_CLOEXEC);
+	k.out = open(argv[2], O_WRONLY | O_CLOEXEC);
+	int err = open(argv[3], O_WRONLY | O_CLOEXEC), started[2];
+	if (k.in < 0 || k.out < 0 || err < 0)
+		fail("opening the stdio ports");
+	sigset_t chld;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
+	int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	int self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+	/* why: an exec must join the container once its root is "/"; before, it would see the initramfs. The
+	 * child's copy of the write end closes when it execs the command (close-on-exec): EOF means started. */
+	if (pipe2(started, O_CLOEXEC) < 0)
+		fail("pipe");
+	k.pid = spawn_container(&c, &k, err, &chld);
+	if (!c.tty)
+		close(k.in), k.in = -1;
+	close(err);
+	close(started[1]);
+	exec_port = find_port("hutch.exec");
+	size_t frames_used = 0;
+	static unsigned char frames[1 << 20];
+	for (;;) {
+		if (k.reaped && k.master < 0 && k.tty_sock < 0) {
+			dprintf(ctl, "exit %d\n", code_of(k.status));
+			power_off();
+		}
+		struct pollfd p[8 + 3 * MAX_EXECS];
+		int n = 0;
+		p[n++] = (struct pollfd){ctl, POLLIN, 0};
+		p[n++] = (struct pollfd){sigfd, POLLIN, 0};
+		p[n++] = (struct pollfd){started[0] < 0 ? exec_port : started[0], POLLIN, 0};
+		p[n++] = (struct pollfd){k.tty_sock, POLLIN, 0};
+		p[n++] = (struct pollfd){k.master, POLLIN, 0};
+		p[n++] = (struct pollfd){k.master >= 0 ? k.in : -1, POLLIN, 0};
+		for (int i = 0; i < MAX_EXECS; i++) {
+			p[n++] = (struct pollfd){execs[i].used ? execs[i].out : -1, POLLIN, 0};
+			p[n++] = (struct pollfd){execs[i].used ? execs[i].err : -1, POLLIN, 0};
+			p[n++] = (struct pollfd){execs[i].used ? execs[i].master : -1, POLLIN, 0};
+		}
+		if (poll(p, (nfds_t)n, -1) < 0)
+			continue;
+		if (p[0].revents)
+			read_control(&k);
+		if (p[1].revents)
+			reap(sigfd, &k);
+		if (p[2].revents && started[0] >= 0) {
+			char byte;
+			if (read(started[0], &byte, 1) <= 0)
+				close(started[0]), started[0] = -1;
+		} else if (p[2].revents) {
+			ssize_t got = read(exec_port, frames + frames_used, sizeof(frames) - frames_used);
+			if (got > 0)
+				frames_used = handle_frames(frames, frames_used + (size_t)got, k.pid, self_pidns);
+			if (frames_used == sizeof(frames))
+				frames_used = 0; /* a frame larger than the buffer: dropped */
+		}
+		if (p[3].revents) {
+			k.master = recv_fd(k.tty_sock); /* -1 if the child failed before its pty */
+			close(k.tty_sock), k.tty_sock = -1;
+			if (k.master >= 0 && k.have_winsize)
+				set_winsize(k.master, k.winsize);
+		}
+		if (p[4].revents && pump(k.master, k.out, 0, 0) < 0)
+			close(k.master), k.master = -1;
+		if (p[5].revents && k.master >= 0 && pump(k.in, k.master, 0, 0) < 0)
+			close(k.in), k.in = -1; /* stdin's end: the terminal stays, as with docker run -t */
+		for (int i = 0; i < MAX_EXECS; i++) {
+			struct exec *e = &execs[i];
+			struct pollfd *q = &p[6 + 3 * i];
+			if (q[0].revents && pump(e->out, -1, F_STDOUT, e->id) < 0)
+				close(e->out), e->out = -1;
+			if (q[1].revents && pump(e->err, -1, F_STDERR, e->id) < 0)
+				close(e->err), e->err = -1;
+			if (q[2].revents && pump(e->master, -1, F_STDOUT, e->id) < 0)
+				close(e->master), e->master = -1;
+			exec_done_if_finished(e);
+		}
+	}
+}
