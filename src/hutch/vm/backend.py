@@ -88,7 +88,7 @@ def _argv(
     if ram is not None:
         machine, share_argv = template.ram_args(ram[0], settings.memory_mib, ram[1])
     return qemu.command(
-        kernel=parts["vmlinux"],
+        kernel=None if parts.get("template") else parts["vmlinux"],
         initrd=parts["initrd"],
         disk=parts["placeholder"] if settings.template else parts["disk"],
         accel=parts["accel"],
