@@ -4,8 +4,12 @@ Built once per (kernel release, busybox, init script) and cached. It is a newc c
 in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and under
 TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
 time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
-dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's
-``insmod`` needs no decompressor.
+dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``) with their signature
+stripped, next to a ``modules.dep`` of their own, so that one busybox ``modprobe -a`` loads them all: one
+exec instead of one ``insmod`` per module, and no signature check (hashing every module and verifying it
+under TCG). The host's ``/lib/modules`` is what hutch trusts anyway, and they load before any container
+code runs; the guest kernel notes them as unsigned (taint flag E), nothing more. Measured under TCG with
+the 8 modules, no devices, 6 interleaved boots on a loaded host: 280 ms (insmod loop) -> 135 ms.
 """
 
 from __future__ import annotations
@@ -105,16 +109,41 @@ def _read_module(path: Path) -> bytes:
     if path.name.endswith(".xz"):
         import lzma
 
-        return lzma.decompress(data)
+        return strip_signature(lzma.decompress(data))
     if path.name.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return strip_signature(zstandard.ZstdDecompressor().decompressobj().decompress(data))
     if path.name.endswith(".gz"):
         import gzip
 
-        return gzip.decompress(data)
-    return data
+        return strip_signature(gzip.decompress(data))
+    return strip_signature(data)
+
+
+_SIG_MAGIC = b"~Module signature appended~\n"
+_SIG_INFO = 12  # struct module_signature: algo, hash, id_type, signer_len, key_id_len, pad[3], be32 sig_len
+
+
+def strip_signature(module: bytes) -> bytes:
+    """The module without its appended signature (``scripts/sign-file``'s layout: the module, the signature,
+    a struct module_signature, the magic string); an unsigned module as it is."""
+    if not module.endswith(_SIG_MAGIC) or len(module) < len(_SIG_MAGIC) + _SIG_INFO:
+        return module
+    info_end = len(module) - len(_SIG_MAGIC)
+    sig_len = int.from_bytes(module[info_end - 4 : info_end], "big")
+    start = info_end - _SIG_INFO - sig_len
+    return module[:start] if start > 0 else module
+
+
+def modules_dep(paths: list[str], deps: dict[str, tuple[str, list[str]]]) -> str:
+    """A ``modules.dep`` for the flat ``/lib/modules`` of the initramfs (``name.ko: dep.ko ...``), what
+    busybox ``modprobe`` reads to load dependencies first."""
+    lines = []
+    for path in paths:
+        name = module_name(path)
+        lines.append(f"{name}.ko:" + "".join(f" {module_name(d)}.ko" for d in deps[name][1]))
+    return "\n".join(lines) + "\n"
 
 
 def _builtin(modules_dir: Path) -> set[str]:
@@ -173,6 +202,9 @@ def build(modules_dir: Path) -> bytes:
             cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path))
             names.append(name)
         cpio.file(listing, ("\n".join(names) + "\n").encode())
+    # modprobe looks in /lib/modules/<uname -r>: that is the flat directory itself.
+    cpio.symlink(f"lib/modules/{modules_dir.name}", ".")
+    cpio.file("lib/modules/modules.dep", modules_dep(order + volume_order, deps).encode())
     cpio.file("init", (_DATA / "init.sh").read_bytes(), 0o755)
     return cpio.finish()
 

@@ -12,7 +12,9 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 # hutch's KVM probe: reaching this line is the proof the accelerator runs this kernel.
 case " $(cat /proc/cmdline) " in *" hutch.probe "*) echo hutch-probe-ok >/dev/ttyS0 && poweroff -f ;; esac
-for m in $(cat /modules); do insmod "/lib/modules/$m" || fail "insmod $m"; done
+# One modprobe for all of them (one exec; it reads the initramfs's own modules.dep).
+mods=$(cat /modules)
+modprobe -a ${mods//.ko/} 2>/dev/ttyS0 || fail "modprobe" $mods
 # Port names reach the guest asynchronously after the ports appear: look until all four are named.
 tries=0
 until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
