@@ -22,6 +22,25 @@ from hutch.vm.qemu import PORTS
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
+# bench/vm.py's phases: with HUTCH_VM_TIMINGS=<file>, the supervisor appends one JSON line of wall-clock
+# stamps (QEMU forked, template restored, guest up, "exit N" read, QEMU reaped). Unset: nothing is kept.
+_TIMINGS = os.environ.get("HUTCH_VM_TIMINGS")
+_stamps: dict[str, float] = {}
+
+
+def _stamp(name: str) -> None:
+    if _TIMINGS:
+        _stamps[name] = time.time()
+
+
+def _write_stamps() -> None:
+    if _TIMINGS and _stamps:
+        try:
+            with open(_TIMINGS, "a") as f:
+                f.write(json.dumps(_stamps) + "\n")
+        except OSError:
+            pass  # a benchmark's aid: never a reason to lose the exit status
+
 
 class Launch:
     """Everything the supervisor needs; built by the backend before the fork."""
@@ -54,15 +73,19 @@ def run(
     qemu_pid = 0
     helpers: list[int] = []
     try:
+        _stamp("supervisor")
         helpers = [_start_helper(argv, fd, launch.daemon_log) for argv, fd in launch.daemons]
         qemu_pid = _start_qemu(launch, qemu_ends)
+        _stamp("qemu_forked")
         for s in qemu_ends.values():
             s.close()
         ctl = ports["hutch.ctl"]
         if launch.restore is not None:
             _restore(launch, ports["qmp"])
+            _stamp("restored")
         _send(ctl, b"%d\n" % len(launch.script) + launch.script.encode())  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
+        _stamp("up")
         if problem.startswith("the guest did not come up"):
             from hutch.vm import qmp
 
@@ -79,7 +102,9 @@ def run(
         os.write(report, b"ok")
         os.close(report)
         code = _relay(launch, ports)
+        _stamp("ports_closed")
         _, status = os.waitpid(qemu_pid, 0)
+        _stamp("qemu_exited")
         for pid in helpers:
             _kill(pid)
         if code is None:
@@ -92,6 +117,7 @@ def run(
             os.write(report, json.dumps({"code": 125, "message": f"microVM: {exc}"}).encode())
         except OSError:
             pass
+    _write_stamps()
     os._exit(code)
 
 
@@ -247,6 +273,7 @@ def _relay(launch: Launch, ports: dict[str, socket.socket]) -> int | None:
                 for line in ctl_buf.split(b"\n")[:-1]:
                     if line.startswith(b"exit "):
                         code = int(line[5:])
+                        _stamp("exit_line")
                 ctl_buf = ctl_buf.rsplit(b"\n", 1)[-1]
     return code
 

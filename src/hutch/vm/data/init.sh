@@ -15,6 +15,8 @@ case " $(cat /proc/cmdline) " in *" hutch.probe "*) echo hutch-probe-ok >/dev/tt
 # One modprobe for all of them (one exec; it reads the initramfs's own modules.dep).
 mods=$(cat /modules)
 modprobe -a ${mods//.ko/} 2>/dev/ttyS0 || fail "modprobe" $mods
+# A mark in the kernel log (not the console: it is below the quiet level) for bench/vm.py's phases.
+echo "hutch-init: modules loaded" >/dev/kmsg
 # Port names reach the guest asynchronously after the ports appear: look until all four are named.
 tries=0
 until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
