@@ -6,15 +6,16 @@
 # Kept to busybox builtins and applets: the initramfs holds nothing else. Applets are called by name so
 # that busybox sh runs them without an exec (FEATURE_SH_STANDALONE): each exec is slow under TCG.
 fail() { echo "hutch-init: $*" >/dev/ttyS0; [ -n "$CTL" ] && echo "fail $*" >&3; poweroff -f; }
-# The first by path: running applets by name needs /proc/self/exe.
-/bin/busybox mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
+# One exec mounts /proc, /sys, /dev and the tmpfs for the overlay's upper layer (the initramfs's
+# /etc/fstab); the first applet goes by path: running applets by name needs /proc/self/exe.
+/bin/busybox mount -a || fail "mount -a"
 # hutch's KVM probe: reaching this line is the proof the accelerator runs this kernel.
-case " $(cat /proc/cmdline) " in *" hutch.probe "*) echo hutch-probe-ok >/dev/ttyS0 && poweroff -f ;; esac
+read -r cmdline </proc/cmdline
+case " $cmdline " in *" hutch.probe "*) echo hutch-probe-ok >/dev/ttyS0 && poweroff -f ;; esac
 # One modprobe for all of them (one exec; it reads the initramfs's own modules.dep).
-mods=$(cat /modules)
-modprobe -a ${mods//.ko/} 2>/dev/ttyS0 || fail "modprobe" $mods
+mods=
+while read -r m; do mods="$mods ${m%.ko}"; done </modules
+modprobe -a $mods 2>/dev/ttyS0 || fail "modprobe" $mods
 # A mark in the kernel log (not the console: it is below the quiet level) for bench/vm.py's phases.
 echo "hutch-init: modules loaded" >/dev/kmsg
 # Port names reach the guest asynchronously after the ports appear: look until all four are named.
@@ -35,7 +36,6 @@ until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
 	[ -n "$ERR" ] || sleep 0.01
 done
 exec 3<>"$CTL"
-mount -t tmpfs -o mode=0755 rw /rw
 mkdir -p /rw/upper /rw/work
 # "ready": booted and waiting for a container. A template (snapshot) is taken at this point; the image's
 # disk is read only after the config arrives, so a restored clone can be handed another image's disk.
