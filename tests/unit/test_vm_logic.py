@@ -59,6 +59,14 @@ def test_strip_signature_removes_what_sign_file_appends():
     assert initramfs.strip_signature(body) == body  # unsigned: as it is
 
 
+def test_signatures_are_kept_for_a_kernel_that_enforces_them(tmp_path):
+    (tmp_path / "config-6.1-forced").write_text("CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n")
+    (tmp_path / "config-6.1-debian").write_text("CONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\n")
+    assert initramfs.signatures_enforced("6.1-forced", tmp_path)
+    assert not initramfs.signatures_enforced("6.1-debian", tmp_path)
+    assert not initramfs.signatures_enforced("6.1-no-config", tmp_path)
+
+
 def test_a_real_signed_module_is_stripped_to_its_elf_image():
     from hutch.vm import kernel
 

@@ -5,11 +5,12 @@ in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB inste
 TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
 time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
 dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``) with their signature
-stripped, next to a ``modules.dep`` of their own, so that one busybox ``modprobe -a`` loads them all: one
-exec instead of one ``insmod`` per module, and no signature check (hashing every module and verifying it
-under TCG). The host's ``/lib/modules`` is what hutch trusts anyway, and they load before any container
-code runs; the guest kernel notes them as unsigned (taint flag E), nothing more. Measured under TCG with
-the 8 modules, no devices, 6 interleaved boots on a loaded host: 280 ms (insmod loop) -> 135 ms.
+stripped (kept when the kernel's config forces signatures), next to a ``modules.dep`` of their own, so
+that one busybox ``modprobe -a`` loads them all: one exec instead of one ``insmod`` per module, and no
+signature check (hashing every module and verifying it under TCG). The host's ``/lib/modules`` is what
+hutch trusts anyway, and they load before any container code runs; the guest kernel notes them as
+unsigned (taint flag E), nothing more. Measured under TCG with the 8 modules, no devices, 6 interleaved
+boots on a loaded host: 280 ms (insmod loop) -> 135 ms.
 """
 
 from __future__ import annotations
@@ -112,21 +113,29 @@ class Cpio:
         return bytes(self.data)
 
 
-def _read_module(path: Path) -> bytes:
+def _read_module(path: Path, keep_signature: bool = False) -> bytes:
     data = path.read_bytes()
     if path.name.endswith(".xz"):
         import lzma
 
-        return strip_signature(lzma.decompress(data))
-    if path.name.endswith(".zst"):
+        data = lzma.decompress(data)
+    elif path.name.endswith(".zst"):
         import zstandard
 
-        return strip_signature(zstandard.ZstdDecompressor().decompressobj().decompress(data))
-    if path.name.endswith(".gz"):
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    elif path.name.endswith(".gz"):
         import gzip
 
-        return strip_signature(gzip.decompress(data))
-    return strip_signature(data)
+        data = gzip.decompress(data)
+    return data if keep_signature else strip_signature(data)
+
+
+def signatures_enforced(release: str, boot: Path = Path("/boot")) -> bool:
+    """A kernel built with ``CONFIG_MODULE_SIG_FORCE`` refuses unsigned modules: keep their signatures."""
+    try:
+        return "\nCONFIG_MODULE_SIG_FORCE=y\n" in "\n" + (boot / f"config-{release}").read_text()
+    except OSError:
+        return False
 
 
 _SIG_MAGIC = b"~Module signature appended~\n"
@@ -205,11 +214,12 @@ def build(modules_dir: Path) -> bytes:
     cpio.file("bin/busybox", busybox, 0o755)
     cpio.symlink("bin/sh", "busybox")
     volume_order = [p for p in load_order(VOLUME_MODULES, deps, _builtin(modules_dir)) if p not in order]
+    keep = signatures_enforced(modules_dir.name)
     for listing, paths in (("modules", order), ("modules.volumes", volume_order)):
         names = []
         for path in paths:
             name = module_name(path) + ".ko"
-            cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path))
+            cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path, keep))
             names.append(name)
         cpio.file(listing, ("\n".join(names) + "\n").encode())
     # modprobe looks in /lib/modules/<uname -r>: that is the flat directory itself.
