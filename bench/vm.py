@@ -6,12 +6,18 @@
   ``qemu-system-x86_64 -M microvm`` booting the very same vmlinux and initramfs straight into
   ``busybox poweroff -f`` (no modules, no disk, no hutch): the floor hutch's cold boot is measured against.
   Rounds are interleaved so a noisy machine slows both alike; medians are reported.
-- phases: the guest's own uptime when the container's command runs (kernel boot + hutch's init), and
-  hutch's host-side time around it (start-up, image and cache look-ups, QEMU start, tear-down).
-- host memory: PSS of QEMU (and of hutch's supervisor) for an idle detached guest (a template clone), and
-  of a bare idle QEMU.
+- phases (ms), medians over the same timed runs: the supervisor stamps its steps when ``HUTCH_VM_TIMINGS``
+  names a file (QEMU forked, template restored, guest "up", its "exit N" read, QEMU reaped), so a run
+  splits into hutch start-up (launch to QEMU's fork), QEMU start + restore, the guest to "up" (config
+  read, root mounted), the command, power-off and host tear-down. A cold run's guest side comes from a
+  probe run printing ``/proc/uptime`` and ``dmesg``, in the guest's own clock: kernel to init (the
+  kernel's "Run /init"), modules loaded (init's ``hutch-init: modules`` line in the kernel log) and init
+  to command. A bare QEMU's start is in its launch-to-exit (it has no QMP to ask).
+- host memory: PSS of QEMU (and of hutch's supervisor) for one idle detached guest (a template clone),
+  the mean over several idle clones at once (they share the template's RAM file and QEMU's own pages),
+  that mean without the guest RAM mapping ("beyond the guest's own use", the budget), and a bare idle QEMU.
 
-    .venv/bin/python bench/vm.py [--runs 5] [--accel tcg] [--json out.json]
+    .venv/bin/python bench/vm.py [--runs 5] [--accel tcg] [--clones 4] [--json out.json]
 
 Needs root, qemu-system-x86, erofs-utils, linux-image-cloud-amd64. Everything lives in a temporary root,
 removed at the end.
@@ -38,9 +44,63 @@ import busybox_rootfs  # noqa: E402
 PY = str(REPO / ".venv" / "bin" / "python")
 
 
-def hutch(root: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+def hutch(root: Path, *args: str, timings: Path | None = None, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    if timings is not None:
+        env["HUTCH_VM_TIMINGS"] = str(timings)
     return subprocess.run([PY, "-m", "hutch", "--root", str(root), *args], env=env, **kw)
+
+
+# (phase, from stamp, to stamp); "launch" and "end" are the bench's own clock around the hutch process.
+PHASES = (
+    ("host_startup", "launch", "qemu_forked"),
+    ("qemu_start_and_restore", "qemu_forked", "restored"),
+    ("guest_restore_to_up", "restored", "up"),
+    ("guest_boot_to_up", "qemu_forked", "up"),
+    ("command", "up", "exit_line"),
+    ("poweroff", "exit_line", "qemu_exited"),
+    ("host_teardown", "qemu_exited", "end"),
+)
+
+
+def timed_run(root: Path, args: tuple, stamps: Path) -> tuple[float, dict]:
+    """One ``hutch run``: its launch-to-exit in ms, and its phases in ms from the supervisor's stamps."""
+    stamps.unlink(missing_ok=True)
+    launch = time.time()
+    proc = hutch(root, "run", "--rm", *args, timings=stamps, capture_output=True, text=True)
+    end = time.time()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: failed: {proc.args}: {proc.stderr}")
+    marks = {"launch": launch, "end": end, **json.loads(stamps.read_text().splitlines()[-1])}
+    phases = {name: (marks[b] - marks[a]) * 1000 for name, a, b in PHASES if a in marks and b in marks}
+    return (end - launch) * 1000, phases
+
+
+def guest_phases(root: Path, vm: tuple, stamps: Path) -> dict:
+    """A cold boot's guest side, from a probe printing its uptime and the kernel log."""
+    probe = (*vm, "--vm-template", "off", "busybox", "sh", "-c", "cat /proc/uptime; dmesg")
+    stamps.unlink(missing_ok=True)
+    proc = hutch(root, "run", "--rm", *probe, timings=stamps, capture_output=True, text=True)
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"bench: probe failed: {proc.stderr}")
+    at_command = float(lines[0].split()[0]) * 1000
+    marks = json.loads(stamps.read_text().splitlines()[-1])
+
+    def kernel_ms(text: str) -> float:
+        line = next(x for x in lines if text in x)
+        return float(line.split("]", 1)[0].strip("[ ")) * 1000
+
+    init, modules = kernel_ms("Run /init as init process"), kernel_ms("hutch-init: modules")
+    # The guest's clock, not the host's: under TCG it falls behind (the kernel drops the TSC as unstable
+    # and counts jiffies), so these add up to less than the host's QEMU-fork-to-"up".
+    return {
+        "cold_host_qemu_fork_to_up": (marks["up"] - marks["qemu_forked"]) * 1000,
+        "cold_kernel_to_init": init,
+        "cold_init_modules": modules - init,
+        "cold_init_to_command": at_command - init,
+        "cold_guest_uptime_at_command": at_command,
+    }
 
 
 def bare_argv(root: Path, accel: str, tail: str) -> list[str]:
@@ -97,17 +157,49 @@ def children_named(parent: int, prefix: bytes) -> list[int]:
     return found
 
 
-def idle_memory(root: Path, accel: str) -> dict:
-    """PSS of QEMU and the supervisor for an idle detached guest, and of a bare QEMU idling in busybox."""
+def guest_ram_pss_kib(pid: int) -> int:
+    """PSS of QEMU's guest RAM mapping (the template's RAM file, or the memfd of a bare guest)."""
+    total, in_ram = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's header line
+                in_ram = len(head) > 5 and head[5].strip().endswith((".ram", ".ram (deleted)"))
+            elif in_ram and line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def detached(root: Path, accel: str) -> tuple[str, int, int]:
+    """An idle detached guest from the template: its id, supervisor pid and QEMU pid."""
     vm = ("--isolation", "vm", "--vm-accel", accel)
     cid = hutch(root, "run", "-d", *vm, "busybox", "sleep", "600", capture_output=True, text=True)
     cid.check_returncode()
     record = json.loads(hutch(root, "inspect", cid.stdout.strip(), capture_output=True, text=True).stdout)
     supervisor = record[0]["State"]["Pid"]
-    time.sleep(3)
-    qemu_pid = children_named(supervisor, b"qemu-system")[0]
-    result = {"hutch_qemu_pss_kib": pss_kib(qemu_pid), "hutch_supervisor_pss_kib": pss_kib(supervisor)}
-    hutch(root, "rm", "-f", cid.stdout.strip(), capture_output=True).check_returncode()
+    return cid.stdout.strip(), supervisor, children_named(supervisor, b"qemu-system")[0]
+
+
+def idle_memory(root: Path, accel: str, clones: int) -> dict:
+    """PSS of QEMU and the supervisor for one idle detached clone, the mean over ``clones`` idle clones at
+    once (with and without the guest RAM mapping), and of a bare QEMU idling in busybox."""
+    started = []
+    try:
+        started.append(detached(root, accel))
+        time.sleep(3)
+        _, supervisor, qemu_pid = started[0]
+        result = {"hutch_qemu_pss_kib": pss_kib(qemu_pid), "hutch_supervisor_pss_kib": pss_kib(supervisor)}
+        result["hutch_qemu_beyond_guest_ram_kib"] = result["hutch_qemu_pss_kib"] - guest_ram_pss_kib(qemu_pid)
+        while len(started) < clones:
+            started.append(detached(root, accel))
+        time.sleep(3)
+        pids = [qemu for _, _, qemu in started]
+        result[f"clones{clones}_qemu_pss_mean_kib"] = round(statistics.mean(pss_kib(p) for p in pids))
+        beyond = [pss_kib(p) - guest_ram_pss_kib(p) for p in pids]
+        result[f"clones{clones}_qemu_beyond_guest_ram_mean_kib"] = round(statistics.mean(beyond))
+    finally:
+        for cid, _, _ in started:
+            hutch(root, "rm", "-f", cid, capture_output=True).check_returncode()
     bare = subprocess.Popen(bare_argv(root, accel, "sleep 600"), stdin=subprocess.DEVNULL)
     try:
         time.sleep(6)
@@ -122,8 +214,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--accel", default="tcg", choices=["tcg", "kvm", "auto"])
+    parser.add_argument("--clones", type=int, default=4, help="idle clones at once for the mean PSS")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hutch-bench-vm-") as tmp:
         root = Path(tmp) / "root"
         tar = Path(tmp) / "busybox.tar"
@@ -136,28 +230,37 @@ def main() -> int:
         first_ms = (time.perf_counter() - first) * 1000
         accel = args.accel if args.accel != "auto" else "tcg"
         names = ["hutch_vm_template", "hutch_vm_cold", "bare_qemu"]
-        samples: dict[str, list[float]] = {name: [] for name in (*names, "guest_uptime_at_command")}
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        phases: dict[str, list[float]] = {}
+        stamps = Path(tmp) / "stamps.json"
         for i in range(args.runs):
             order = names[i % 3 :] + names[: i % 3]
             for name in order:
                 if name.startswith("hutch_vm"):
                     mode = "off" if name == "hutch_vm_cold" else "on"
-                    cmd = [*vm, "--vm-template", mode, "busybox", "true"]
-                    ms = timed(lambda cmd=cmd: hutch(root, "run", "--rm", *cmd, capture_output=True))
+                    ms, run_phases = timed_run(root, (*vm, "--vm-template", mode, "busybox", "true"), stamps)
+                    prefix = "cold" if mode == "off" else "template"
+                    for phase, value in run_phases.items():
+                        phases.setdefault(f"{prefix}_{phase}", []).append(value)
                 else:
                     argv = bare_argv(root, accel, "poweroff -f")
                     ms = timed(lambda argv=argv: subprocess.run(argv, capture_output=True, text=True))
                 samples[name].append(ms)
-            probe = ("run", "--rm", *vm, "--vm-template", "off", "busybox", "cat", "/proc/uptime")
-            up = hutch(root, *probe, capture_output=True, text=True)
-            samples["guest_uptime_at_command"].append(float(up.stdout.split()[0]) * 1000)
+            for phase, value in guest_phases(root, vm, stamps).items():
+                phases.setdefault(phase, []).append(value)
+        for name in list(phases):  # a clone has no boot, a cold run no restore
+            if name.startswith(("template_guest_boot", "cold_qemu_start_and_restore", "cold_guest_restore")):
+                del phases[name]
         result = {
             "accel": accel,
+            "loadavg_at_start": load_at_start,
             "runs": args.runs,
             "first_run_with_cache_build_ms": round(first_ms),
             **{f"{k}_median_ms": round(statistics.median(v)) for k, v in samples.items()},
+            "phases_median_ms": {k: round(statistics.median(v)) for k, v in phases.items()},
             "initramfs_bytes": next((root / "cache" / "vm").glob("initramfs-*.cpio")).stat().st_size,
-            **idle_memory(root, accel),
+            **idle_memory(root, accel, args.clones),
+            "loadavg_at_end": os.getloadavg(),
         }
         bare = result["bare_qemu_median_ms"]
         result["cold_vs_bare"] = round(result["hutch_vm_cold_median_ms"] / bare, 2)

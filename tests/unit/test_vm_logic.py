@@ -38,6 +38,50 @@ def test_missing_driver_is_named():
         initramfs.load_order(("virtio_blk",), initramfs.parse_modules_dep(DEP), builtin=set())
 
 
+def test_modules_dep_for_the_flat_initramfs_directory():
+    deps = initramfs.parse_modules_dep(DEP)
+    order = initramfs.load_order(("virtio_mmio", "erofs"), deps, builtin=set())
+    assert initramfs.modules_dep(order, deps).splitlines() == [
+        "virtio_ring.ko:",
+        "virtio.ko: virtio_ring.ko",
+        "virtio_mmio.ko: virtio.ko virtio_ring.ko",
+        "libcrc32c.ko:",
+        "erofs.ko: libcrc32c.ko",
+    ]
+
+
+def test_strip_signature_removes_what_sign_file_appends():
+    body = b"\x7fELF module body"
+    signature = b"S" * 300
+    info = bytes([0, 0, 2, 0, 0, 0, 0, 0]) + len(signature).to_bytes(4, "big")
+    signed = body + signature + info + b"~Module signature appended~\n"
+    assert initramfs.strip_signature(signed) == body
+    assert initramfs.strip_signature(body) == body  # unsigned: as it is
+
+
+def test_signatures_are_kept_for_a_kernel_that_enforces_them(tmp_path):
+    (tmp_path / "config-6.1-forced").write_text("CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n")
+    (tmp_path / "config-6.1-debian").write_text("CONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\n")
+    assert initramfs.signatures_enforced("6.1-forced", tmp_path)
+    assert not initramfs.signatures_enforced("6.1-debian", tmp_path)
+    assert not initramfs.signatures_enforced("6.1-no-config", tmp_path)
+
+
+def test_a_real_signed_module_is_stripped_to_its_elf_image():
+    from hutch.vm import kernel
+
+    try:
+        k = kernel.find_kernel()
+    except HutchError:
+        pytest.skip("no cloud kernel on this host")
+    deps = initramfs.parse_modules_dep((k.modules_dir / "modules.dep").read_text())
+    raw = (k.modules_dir / deps["virtio_ring"][0]).read_bytes()
+    if not raw.endswith(b"~Module signature appended~\n"):
+        pytest.skip("modules are not signed (or compressed) here")
+    stripped = initramfs.strip_signature(raw)
+    assert stripped[:4] == b"\x7fELF" and len(raw) - 4096 < len(stripped) < len(raw)
+
+
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")
 def test_cpio_is_read_back_by_a_real_cpio(tmp_path):
     archive = initramfs.Cpio()

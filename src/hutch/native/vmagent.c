@@ -112,9 +112,19 @@ static int read_all(int fd, void *data, size_t len)
 
 static void run_stage2(const char *stage2);
 
+/* An immediate reset after the sync (with -no-reboot, QEMU exits): a power-off first shuts every device
+ * down and powers off through ACPI, ~40 ms more under TCG, with nothing left to save. A virtio-serial write
+ * has returned only once QEMU took the bytes, so "exit N" is out. The power-off stays as the fallback. */
 static void power_off(void)
 {
+	int fd;
+
 	sync();
+	fd = open("/proc/sysrq-trigger", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		(void)write(fd, "b", 1);
+		close(fd);
+	}
 	reboot(RB_POWER_OFF);
 	_exit(1);
 }

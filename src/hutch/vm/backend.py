@@ -114,7 +114,7 @@ def _argv(
     if nic is not None:
         share_argv = share_argv + qemu.nic_args(nic["fd"], nic["mac"])
     return qemu.command(
-        kernel=parts["vmlinux"],
+        kernel=None if parts.get("template") else parts["vmlinux"],
         initrd=parts["initrd"],
         disk=parts["placeholder"] if settings.template else parts["disk"],
         accel=parts["accel"],

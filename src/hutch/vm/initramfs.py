@@ -5,8 +5,13 @@ Built once per (kernel release, busybox, init script, agent source) and cached. 
 with LZ4 in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and
 under TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
 time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
-dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``), so busybox's ``insmod``
-needs no decompressor.
+dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``) with their signature
+stripped (kept when the kernel's config forces signatures), next to a ``modules.dep`` of their own, so
+that one busybox ``modprobe -a`` loads them all: one exec instead of one ``insmod`` per module, and no
+signature check (hashing every module and verifying it under TCG). The host's ``/lib/modules`` is what
+hutch trusts anyway, and they load before any container code runs; the guest kernel notes them as
+unsigned (taint flag E), nothing more. Measured under TCG with the 8 modules, no devices, 6 interleaved
+boots on a loaded host: 280 ms (insmod loop) -> 135 ms.
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ VOLUME_MODULES = ("virtiofs",)
 # command line), so a --network none guest, and its template, never pay for them.
 NET_MODULES = ("virtio_net",)
 _DATA = Path(__file__).with_name("data")
+# What init mounts first, in one ``mount -a`` (one exec of busybox instead of four); /rw holds the
+# overlay's upper and work directories.
+FSTAB = """\
+proc /proc proc nosuid,noexec,nodev 0 0
+sys /sys sysfs nosuid,noexec,nodev 0 0
+dev /dev devtmpfs nosuid 0 0
+rw /rw tmpfs mode=0755 0 0
+"""
 
 
 def module_name(path: str) -> str:
@@ -104,21 +117,54 @@ class Cpio:
         return bytes(self.data)
 
 
-def _read_module(path: Path) -> bytes:
+def _read_module(path: Path, keep_signature: bool = False) -> bytes:
     data = path.read_bytes()
     if path.name.endswith(".xz"):
         import lzma
 
-        return lzma.decompress(data)
-    if path.name.endswith(".zst"):
+        data = lzma.decompress(data)
+    elif path.name.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    if path.name.endswith(".gz"):
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    elif path.name.endswith(".gz"):
         import gzip
 
-        return gzip.decompress(data)
-    return data
+        data = gzip.decompress(data)
+    return data if keep_signature else strip_signature(data)
+
+
+def signatures_enforced(release: str, boot: Path = Path("/boot")) -> bool:
+    """A kernel built with ``CONFIG_MODULE_SIG_FORCE`` refuses unsigned modules: keep their signatures."""
+    try:
+        return "\nCONFIG_MODULE_SIG_FORCE=y\n" in "\n" + (boot / f"config-{release}").read_text()
+    except OSError:
+        return False
+
+
+_SIG_MAGIC = b"~Module signature appended~\n"
+_SIG_INFO = 12  # struct module_signature: algo, hash, id_type, signer_len, key_id_len, pad[3], be32 sig_len
+
+
+def strip_signature(module: bytes) -> bytes:
+    """The module without its appended signature (``scripts/sign-file``'s layout: the module, the signature,
+    a struct module_signature, the magic string); an unsigned module as it is."""
+    if not module.endswith(_SIG_MAGIC) or len(module) < len(_SIG_MAGIC) + _SIG_INFO:
+        return module
+    info_end = len(module) - len(_SIG_MAGIC)
+    sig_len = int.from_bytes(module[info_end - 4 : info_end], "big")
+    start = info_end - _SIG_INFO - sig_len
+    return module[:start] if start > 0 else module
+
+
+def modules_dep(paths: list[str], deps: dict[str, tuple[str, list[str]]]) -> str:
+    """A ``modules.dep`` for the flat ``/lib/modules`` of the initramfs (``name.ko: dep.ko ...``), what
+    busybox ``modprobe`` reads to load dependencies first."""
+    lines = []
+    for path in paths:
+        name = module_name(path)
+        lines.append(f"{name}.ko:" + "".join(f" {module_name(d)}.ko" for d in deps[name][1]))
+    return "\n".join(lines) + "\n"
 
 
 def _builtin(modules_dir: Path) -> set[str]:
@@ -143,20 +189,26 @@ def build(modules_dir: Path, agent: bytes = b"") -> bytes:
     for name in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "lower", "rw"):
         cpio.directory(name)
     cpio.device("dev/console", 5, 1)
+    cpio.directory("etc")
+    cpio.file("etc/fstab", FSTAB.encode())
     cpio.file("bin/busybox", busybox, 0o755)
     cpio.symlink("bin/sh", "busybox")
     if agent:
         cpio.file("bin/hutch-vmagent", agent, 0o755)
     volume_order = [p for p in load_order(VOLUME_MODULES, deps, _builtin(modules_dir)) if p not in order]
     net_order = [p for p in load_order(NET_MODULES, deps, _builtin(modules_dir)) if p not in order]
+    keep = signatures_enforced(modules_dir.name)
     listings = (("modules", order), ("modules.volumes", volume_order), ("modules.net", net_order))
     for listing, paths in listings:
         names = []
         for path in paths:
             name = module_name(path) + ".ko"
-            cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path))
+            cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path, keep))
             names.append(name)
         cpio.file(listing, ("\n".join(names) + "\n").encode())
+    # modprobe looks in /lib/modules/<uname -r>: that is the flat directory itself.
+    cpio.symlink(f"lib/modules/{modules_dir.name}", ".")
+    cpio.file("lib/modules/modules.dep", modules_dep(order + volume_order + net_order, deps).encode())
     cpio.file("init", (_DATA / "init.sh").read_bytes(), 0o755)
     return cpio.finish()
 

@@ -21,6 +21,7 @@ class Qmp:
         self.sock = sock
         self.sock.settimeout(timeout)
         self._buf = b""
+        self.events: list[dict] = []  # asynchronous events read while waiting for replies
         greeting = self._message()
         if "QMP" not in greeting:
             raise HutchError(f"QMP: unexpected greeting {greeting!r}")
@@ -36,15 +37,39 @@ class Qmp:
         return json.loads(line)
 
     def execute(self, command: str, arguments: dict | None = None) -> Any:
-        """Run ``command``; its ``return`` value, events in between skipped, errors raised."""
-        request = {"execute": command, **({"arguments": arguments} if arguments else {})}
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
-        while True:
+        """Run ``command``; its ``return`` value, events in between kept in ``events``, errors raised."""
+        return self.execute_all([(command, arguments)])[0]
+
+    def execute_all(self, commands: list[tuple[str, dict | None]]) -> list[Any]:
+        """Send ``commands`` at once (QEMU runs them in order), then read their replies: one round trip
+        instead of one per command. The first error is raised once every reply is read."""
+        requests = [{"execute": c, **({"arguments": a} if a else {})} for c, a in commands]
+        self.sock.sendall(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+        results, error = [], None
+        while len(results) < len(commands):
             reply = self._message()
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                raise HutchError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+            if "event" in reply:
+                self.events.append(reply)
+            elif "return" in reply:
+                results.append(reply["return"])
+            elif "error" in reply:
+                command = commands[len(results)][0]
+                results.append(None)
+                error = error or HutchError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+        if error is not None:
+            raise error
+        return results
+
+    def await_event(self, name: str, accept) -> dict:
+        """The first event ``name`` for which ``accept(data)`` is true (already read, or read now)."""
+        while True:
+            while self.events:
+                event = self.events.pop(0)
+                if event.get("event") == name and accept(event.get("data", {})):
+                    return event
+            reply = self._message()
+            if "event" in reply:
+                self.events.append(reply)
 
 
 def status_then_quit(sock: socket.socket) -> str:

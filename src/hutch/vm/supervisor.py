@@ -22,6 +22,25 @@ from hutch.vm.qemu import PORTS
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
+# bench/vm.py's phases: with HUTCH_VM_TIMINGS=<file>, the supervisor appends one JSON line of wall-clock
+# stamps (QEMU forked, template restored, guest up, "exit N" read, QEMU reaped). Unset: nothing is kept.
+_TIMINGS = os.environ.get("HUTCH_VM_TIMINGS")
+_stamps: dict[str, float] = {}
+
+
+def _stamp(name: str) -> None:
+    if _TIMINGS:
+        _stamps[name] = time.time()
+
+
+def _write_stamps() -> None:
+    if _TIMINGS and _stamps:
+        try:
+            with open(_TIMINGS, "a") as f:
+                f.write(json.dumps(_stamps) + "\n")
+        except OSError:
+            pass  # a benchmark's aid: never a reason to lose the exit status
+
 
 class Launch:
     """Everything the supervisor needs; built by the backend before the fork."""
@@ -60,8 +79,10 @@ def run(
     qemu_pid = 0
     helpers: list[int] = []
     try:
+        _stamp("supervisor")
         helpers = [_start_helper(argv, fd, launch.daemon_log) for argv, fd in launch.daemons]
         qemu_pid = _start_qemu(launch, qemu_ends)
+        _stamp("qemu_forked")
         for s in qemu_ends.values():
             s.close()
         if launch.tap_fd >= 0:
@@ -69,9 +90,11 @@ def run(
         ctl = ports["hutch.ctl"]
         if launch.restore is not None:
             _restore(launch, ports["qmp"])
+            _stamp("restored")
         script = launch.script.encode()
         _send(ctl, b"%d\n" % len(script) + script + launch.config)  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
+        _stamp("up")
         if problem.startswith("the guest did not come up"):
             from hutch.vm import qmp
 
@@ -91,7 +114,9 @@ def run(
         os.write(report, b"ok")
         os.close(report)
         code = _relay(launch, ports, listener)
+        _stamp("ports_closed")
         _, status = os.waitpid(qemu_pid, 0)
+        _stamp("qemu_exited")
         for pid in helpers:
             _kill(pid)
         if code is None:
@@ -104,6 +129,7 @@ def run(
             os.write(report, json.dumps({"code": 125, "message": f"microVM: {exc}"}).encode())
         except OSError:
             pass
+    _write_stamps()
     os._exit(code)
 
 
@@ -117,6 +143,10 @@ def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket]) -> int:
         # why: QEMU must die with its supervisor (no guest outlives the container), and must not get the
         # terminal's Ctrl-C directly: the supervisor forwards it into the guest instead.
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if launch.restore is not None:
+            # why: QEMU asks for huge pages on its TCG code buffer and on a 2 MiB ACPI ROM it touches 4 KiB
+            # of; a clone's 2 MiB pages there are ~3 MiB of PSS it does not use (inherited across exec).
+            sc.prctl(sc.PR_SET_THP_DISABLE, 1)
         os.setpgid(0, 0)
         for s in qemu_ends.values():
             os.set_inheritable(s.fileno(), True)
@@ -291,6 +321,7 @@ def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.soc
                 for line in ctl_buf.split(b"\n")[:-1]:
                     if line.startswith(b"exit "):
                         code = int(line[5:])
+                        _stamp("exit_line")
                 ctl_buf = ctl_buf.rsplit(b"\n", 1)[-1]
     router.close()
     return code

@@ -139,13 +139,20 @@ def _await_migration(session: Qmp, wanted: str, timeout: float) -> None:
 
 
 def restore(session: Qmp, path: Path, disk: str, timeout: float) -> None:
-    """In a QEMU started with ``-incoming defer``: load the template, swap in ``disk``, run."""
-    session.execute("migrate-set-capabilities", _IGNORE_SHARED)
-    session.execute("migrate-incoming", {"uri": f"exec:cat {path}"})
-    _await_migration(session, "completed", timeout)
-    session.execute(
-        "blockdev-add", {"driver": "file", "node-name": "img", "filename": disk, "read-only": True}
+    """In a QEMU started with ``-incoming defer``: load the template, swap in ``disk``, run.
+
+    Two round trips: the load is started and then awaited as QEMU's MIGRATION event (no polling), and
+    the three commands after it go in one write."""
+    events = {"capability": "events", "state": True}
+    capabilities = {"capabilities": [*_IGNORE_SHARED["capabilities"], events]}
+    session.execute_all(
+        [("migrate-set-capabilities", capabilities), ("migrate-incoming", {"uri": f"exec:cat {path}"})]
     )
+    session.sock.settimeout(timeout)
+    event = session.await_event("MIGRATION", lambda data: data.get("status") in ("completed", "failed"))
+    if event["data"]["status"] != "completed":
+        raise HutchError(f"loading the template {path.name}: migration failed")
+    image = {"driver": "file", "node-name": "img", "filename": disk, "read-only": True}
     options = {"driver": "raw", "node-name": "root", "file": "img", "read-only": True}
-    session.execute("blockdev-reopen", {"options": [options]})
-    session.execute("cont")
+    swap_and_run = [("blockdev-add", image), ("blockdev-reopen", {"options": [options]}), ("cont", None)]
+    session.execute_all(swap_and_run)

@@ -5,20 +5,24 @@
 # Kept to busybox builtins and applets: the initramfs holds nothing else. Applets are called by name so
 # that busybox sh runs them without an exec (FEATURE_SH_STANDALONE): each exec is slow under TCG.
 fail() { echo "hutch-init: $*" >/dev/ttyS0; [ -n "$CTL" ] && echo "fail $*" >&3; poweroff -f; }
-# The first by path: running applets by name needs /proc/self/exe.
-/bin/busybox mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
+# One exec mounts /proc, /sys, /dev and the tmpfs for the overlay's upper layer (the initramfs's
+# /etc/fstab); the first applet goes by path: running applets by name needs /proc/self/exe.
+/bin/busybox mount -a || fail "mount -a"
 # hutch's KVM probe: reaching this line is the proof the accelerator runs this kernel.
 read -r CMDLINE </proc/cmdline
 case " $CMDLINE " in *" hutch.probe "*) echo hutch-probe-ok >/dev/ttyS0 && poweroff -f ;; esac
-for m in $(cat /modules); do insmod "/lib/modules/$m" || fail "insmod $m"; done
-# --- network card (hutch.net): its driver before "ready", so a template clone has it loaded; the host
-# sends eth0's settings with the config (see hutch/vm/script.py network).
-case " $CMDLINE " in *" hutch.net "*)
-	for m in $(cat /modules.net); do insmod "/lib/modules/$m" || fail "insmod $m"; done ;;
-esac
-# --- end network card
+# One modprobe for all of them (one exec; it reads the initramfs's own modules.dep). With a network card
+# (hutch.net on the command line) its driver too, before "ready", so a template clone has it loaded; the
+# host sends eth0's settings with the config (see hutch/vm/script.py network).
+lists=/modules
+case " $CMDLINE " in *" hutch.net "*) lists="/modules /modules.net" ;; esac
+mods=
+for list in $lists; do
+	while read -r m; do mods="$mods ${m%.ko}"; done <"$list"
+done
+modprobe -a $mods 2>/dev/ttyS0 || fail "modprobe" $mods
+# A mark in the kernel log (not the console: it is below the quiet level) for bench/vm.py's phases.
+echo "hutch-init: modules loaded" >/dev/kmsg
 # Port names reach the guest asynchronously after the ports appear: look until all four are named.
 tries=0
 until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
@@ -37,7 +41,6 @@ until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
 	[ -n "$ERR" ] || sleep 0.01
 done
 exec 3<>"$CTL"
-mount -t tmpfs -o mode=0755 rw /rw
 mkdir -p /rw/upper /rw/work
 # "ready": booted and waiting for a container. A template (snapshot) is taken at this point; the image's
 # disk is read only after the config arrives, so a restored clone can be handed another image's disk.
