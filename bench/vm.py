@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "src"))
 
 import busybox_rootfs  # noqa: E402
+from hutch_networks import teardown_networks  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
 
@@ -78,7 +79,9 @@ def timed_run(root: Path, args: tuple, stamps: Path) -> tuple[float, dict]:
 
 def guest_phases(root: Path, vm: tuple, stamps: Path) -> dict:
     """A cold boot's guest side, from a probe printing its uptime and the kernel log."""
-    probe = (*vm, "--vm-template", "off", "busybox", "sh", "-c", "cat /proc/uptime; dmesg")
+    # --privileged: reading the kernel log needs CAP_SYSLOG, which Docker's default set (the guest
+    # agent applies it) does not grant.
+    probe = (*vm, "--vm-template", "off", "--privileged", "busybox", "sh", "-c", "cat /proc/uptime; dmesg")
     stamps.unlink(missing_ok=True)
     proc = hutch(root, "run", "--rm", *probe, timings=stamps, capture_output=True, text=True)
     lines = proc.stdout.splitlines()
@@ -171,8 +174,9 @@ def guest_ram_pss_kib(pid: int) -> int:
 
 
 def detached(root: Path, accel: str) -> tuple[str, int, int]:
-    """An idle detached guest from the template: its id, supervisor pid and QEMU pid."""
-    vm = ("--isolation", "vm", "--vm-accel", accel)
+    """An idle detached guest from the template: its id, supervisor pid and QEMU pid. No network card,
+    as the bare QEMU it is compared with has none (a card adds ~10 MiB: bench/vm_network.py)."""
+    vm = ("--isolation", "vm", "--vm-accel", accel, "--network", "none")
     cid = hutch(root, "run", "-d", *vm, "busybox", "sleep", "600", capture_output=True, text=True)
     cid.check_returncode()
     record = json.loads(hutch(root, "inspect", cid.stdout.strip(), capture_output=True, text=True).stdout)
@@ -220,51 +224,60 @@ def main() -> int:
     load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hutch-bench-vm-") as tmp:
         root = Path(tmp) / "root"
-        tar = Path(tmp) / "busybox.tar"
-        busybox_rootfs.build_rootfs_tar(tar)
-        hutch(root, "import", str(tar), "busybox", capture_output=True).check_returncode()
-        vm = ("--isolation", "vm", "--vm-accel", args.accel)
-        # The first run builds and caches the vmlinux, the initramfs and the erofs disk: not timed.
-        first = time.perf_counter()
-        hutch(root, "run", "--rm", *vm, "busybox", "true", capture_output=True).check_returncode()
-        first_ms = (time.perf_counter() - first) * 1000
-        accel = args.accel if args.accel != "auto" else "tcg"
-        names = ["hutch_vm_template", "hutch_vm_cold", "bare_qemu"]
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        phases: dict[str, list[float]] = {}
-        stamps = Path(tmp) / "stamps.json"
-        for i in range(args.runs):
-            order = names[i % 3 :] + names[: i % 3]
-            for name in order:
-                if name.startswith("hutch_vm"):
-                    mode = "off" if name == "hutch_vm_cold" else "on"
-                    ms, run_phases = timed_run(root, (*vm, "--vm-template", mode, "busybox", "true"), stamps)
-                    prefix = "cold" if mode == "off" else "template"
-                    for phase, value in run_phases.items():
-                        phases.setdefault(f"{prefix}_{phase}", []).append(value)
-                else:
-                    argv = bare_argv(root, accel, "poweroff -f")
-                    ms = timed(lambda argv=argv: subprocess.run(argv, capture_output=True, text=True))
-                samples[name].append(ms)
-            for phase, value in guest_phases(root, vm, stamps).items():
-                phases.setdefault(phase, []).append(value)
-        for name in list(phases):  # a clone has no boot, a cold run no restore
-            if name.startswith(("template_guest_boot", "cold_qemu_start_and_restore", "cold_guest_restore")):
-                del phases[name]
-        result = {
-            "accel": accel,
-            "loadavg_at_start": load_at_start,
-            "runs": args.runs,
-            "first_run_with_cache_build_ms": round(first_ms),
-            **{f"{k}_median_ms": round(statistics.median(v)) for k, v in samples.items()},
-            "phases_median_ms": {k: round(statistics.median(v)) for k, v in phases.items()},
-            "initramfs_bytes": next((root / "cache" / "vm").glob("initramfs-*.cpio")).stat().st_size,
-            **idle_memory(root, accel, args.clones),
-            "loadavg_at_end": os.getloadavg(),
-        }
-        bare = result["bare_qemu_median_ms"]
-        result["cold_vs_bare"] = round(result["hutch_vm_cold_median_ms"] / bare, 2)
-        result["template_vs_bare"] = round(result["hutch_vm_template_median_ms"] / bare, 2)
+        try:
+            tar = Path(tmp) / "busybox.tar"
+            busybox_rootfs.build_rootfs_tar(tar)
+            hutch(root, "import", str(tar), "busybox", capture_output=True).check_returncode()
+            # B5 compares with a bare QEMU, which has no network card: hutch's runs have none either
+            # (--network none); one more row runs from the template on the default bridge, as users get it.
+            vm = ("--isolation", "vm", "--vm-accel", args.accel, "--network", "none")
+            # The first run builds and caches the vmlinux, the initramfs and the erofs disk: not timed.
+            first = time.perf_counter()
+            hutch(root, "run", "--rm", *vm, "busybox", "true", capture_output=True).check_returncode()
+            first_ms = (time.perf_counter() - first) * 1000
+            accel = args.accel if args.accel != "auto" else "tcg"
+            names = ["hutch_vm_template", "hutch_vm_cold", "bare_qemu", "hutch_vm_template_bridge"]
+            samples: dict[str, list[float]] = {name: [] for name in names}
+            phases: dict[str, list[float]] = {}
+            stamps = Path(tmp) / "stamps.json"
+            for i in range(args.runs):
+                order = names[i % len(names) :] + names[: i % len(names)]
+                for name in order:
+                    if name == "hutch_vm_template_bridge":
+                        ms, _ = timed_run(root, (*vm[:-2], "busybox", "true"), stamps)
+                    elif name.startswith("hutch_vm"):
+                        mode = "off" if name == "hutch_vm_cold" else "on"
+                        run = (*vm, "--vm-template", mode, "busybox", "true")
+                        ms, run_phases = timed_run(root, run, stamps)
+                        prefix = "cold" if mode == "off" else "template"
+                        for phase, value in run_phases.items():
+                            phases.setdefault(f"{prefix}_{phase}", []).append(value)
+                    else:
+                        argv = bare_argv(root, accel, "poweroff -f")
+                        ms = timed(lambda argv=argv: subprocess.run(argv, capture_output=True, text=True))
+                    samples[name].append(ms)
+                for phase, value in guest_phases(root, vm, stamps).items():
+                    phases.setdefault(phase, []).append(value)
+            for name in list(phases):  # a clone has no boot, a cold run no restore
+                skip = ("template_guest_boot", "cold_qemu_start_and_restore", "cold_guest_restore")
+                if name.startswith(skip):
+                    del phases[name]
+            result = {
+                "accel": accel,
+                "loadavg_at_start": load_at_start,
+                "runs": args.runs,
+                "first_run_with_cache_build_ms": round(first_ms),
+                **{f"{k}_median_ms": round(statistics.median(v)) for k, v in samples.items()},
+                "phases_median_ms": {k: round(statistics.median(v)) for k, v in phases.items()},
+                "initramfs_bytes": next((root / "cache" / "vm").glob("initramfs-*.cpio")).stat().st_size,
+                **idle_memory(root, accel, args.clones),
+                "loadavg_at_end": os.getloadavg(),
+            }
+            bare = result["bare_qemu_median_ms"]
+            result["cold_vs_bare"] = round(result["hutch_vm_cold_median_ms"] / bare, 2)
+            result["template_vs_bare"] = round(result["hutch_vm_template_median_ms"] / bare, 2)
+        finally:
+            teardown_networks(REPO / ".venv" / "bin" / "hutch", root)  # the bridge row's bridge and rules
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
