@@ -212,12 +212,9 @@ def _close_inherited_fds() -> None:
     """What the monitor passed on (the sockets holding the container's published host ports) is of no use
     to the finisher, and a restart must bind those ports again: with the old sockets still open here, the
     bind fails (EADDRINUSE) and the restarted container exits 125."""
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) > 2:
-            try:
-                os.close(int(name))
-            except OSError:
-                pass  # the directory listing's own fd
+    from hutch.runtime.process import close_extra_fds
+
+    close_extra_fds()
 
 
 def read_exit_status(cdir) -> int | None:

@@ -158,10 +158,15 @@ def enter_cwd(cwd: str) -> None:
         raise InitError(125, f"working directory {cwd!r} is outside the container root")
 
 
-def close_extra_fds(keep: int) -> None:
-    """No fd of hutch's may reach the container beyond stdio (the error pipe is close-on-exec)."""
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 65536)
+def close_extra_fds(*keep: int) -> None:
+    """Close every fd above stdio but ``keep``: no fd of hutch's may reach the container beyond stdio (the
+    error pipe is close-on-exec), and a long-lived helper (monitor finisher, microVM supervisor) must not
+    hold a caller's pipe or a published port's socket open."""
+    start = 3
+    for fd in sorted({k for k in keep if k >= start}):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, 65536)
 
 
 def reset_signals() -> None:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from hutch.errors import HutchError
+from hutch.runtime.process import close_extra_fds
 from hutch.runtime.spawn import ContainerProcess
 from hutch.vm import accel, frames, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
 
@@ -218,7 +219,9 @@ def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent
         keep.update(fd for _argv, fd in launch.daemons)
         if launch.tap_fd >= 0:
             keep.add(launch.tap_fd)
-        _close_fds_except(keep)
+        # why: the supervisor never execs, so an fd it inherits stays open for the container's lifetime;
+        # a caller's pipe (the detached monitor's start-up report) would then never see EOF and hang run -d.
+        close_extra_fds(*keep)
         if die_with_parent:
             from hutch.linux import syscalls as sc
 
@@ -239,18 +242,6 @@ def _own_stdio(launch) -> None:
         os.dup2(fd, target)
         os.close(fd)
     launch.stdio = (0, 1, 2)
-
-
-def _close_fds_except(keep: set[int]) -> None:
-    """why: the supervisor never execs, so an fd it inherits stays open for the container's lifetime; a
-    caller's pipe (the detached monitor's start-up report) would then never see EOF and hang ``run -d``."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:  # 0-2 are the container's stdio by now
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def _error(raw: bytes) -> HutchError:

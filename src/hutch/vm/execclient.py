@@ -22,6 +22,7 @@ import struct
 from hutch.errors import HutchError
 from hutch.runtime.spawn import ContainerProcess
 from hutch.vm import frames
+from hutch.vm.relayio import read_some, write_all
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 LOST = 137  # the VM went away before the process's exit code arrived (it was killed with the guest)
@@ -95,19 +96,19 @@ def _relay(sock: socket.socket, stdio: tuple[int, int, int], tty: bool) -> int:
                 else:
                     _send(sock, frames.pack(frames.SIGNAL, 0, struct.pack("<i", signum)))
         if stdin in ready:
-            data = _read(stdin)
+            data = read_some(stdin)
             for at in range(0, max(len(data), 1), frames.MAX_PAYLOAD):
                 _send(sock, frames.pack(frames.STDIN, 0, data[at : at + frames.MAX_PAYLOAD]))
             if not data:
                 readers.remove(stdin)
         if sock.fileno() in ready:
-            data = _read(sock.fileno())
+            data = read_some(sock.fileno())
             if not data:
                 return LOST
             buf += data
             for kind, _, payload in frames.split(buf):
                 if kind in (frames.STDOUT, frames.STDERR):
-                    _write_all(out if kind == frames.STDOUT else err, payload)
+                    write_all(out if kind == frames.STDOUT else err, payload)
                 elif kind == frames.EXIT:
                     return struct.unpack("<i", payload)[0]
 
@@ -128,21 +129,3 @@ def _send(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
     except OSError:
         pass
-
-
-def _read(fd: int) -> bytes:
-    try:
-        return os.read(fd, 65536)
-    except OSError:
-        return b""
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except InterruptedError:
-            continue
-        except OSError:
-            return

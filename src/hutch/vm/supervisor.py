@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from hutch.vm.qemu import PORTS
+from hutch.vm.relayio import read_some, write_all
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -303,7 +304,7 @@ def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.soc
         for fd in ready:
             if fd not in readers or router.handle(fd, readers):
                 continue  # (a client dropped earlier in this round, or the router's)
-            data = _read(fd)
+            data = read_some(fd)
             if fd == stdin_fd:
                 if data:
                     _send(stdin_sock, data)
@@ -315,7 +316,7 @@ def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.soc
             elif not data:
                 readers.remove(fd)
             elif fd in sinks:
-                _write_all(sinks[fd], data)
+                write_all(sinks[fd], data)
             else:
                 ctl_buf += data
                 for line in ctl_buf.split(b"\n")[:-1]:
@@ -346,7 +347,7 @@ class ExecRouter:
         if fd == self.listener.fileno():
             self._accept(readers)
         elif fd == self.port.fileno():
-            data = _read(fd)
+            data = read_some(fd)
             if not data:
                 readers.remove(fd)
             self.port_buf += data
@@ -354,7 +355,7 @@ class ExecRouter:
                 self._to_client(kind, ident, payload, readers)
         elif fd in self.clients:
             sock, ident, buf = self.clients[fd]
-            data = _read(fd)
+            data = read_some(fd)
             if not data:
                 _send(self.port, frames.pack(frames.SIGNAL, ident, (9).to_bytes(4, "little")))
                 self._drop(fd, readers)
@@ -398,24 +399,6 @@ class ExecRouter:
         for sock, _, _ in self.clients.values():
             sock.close()
         self.listener.close()
-
-
-def _read(fd: int) -> bytes:
-    try:
-        return os.read(fd, 65536)
-    except OSError:
-        return b""
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BrokenPipeError:
-            return
-        except InterruptedError:
-            continue
 
 
 def host_pty() -> tuple[int, int]:
