@@ -212,35 +212,42 @@ class Engine:
         if record.config.get("options", {}).get("isolation") == "vm":
             return self._mark_started(record, self._start_vm(record, cgroup, stdio, die_with_parent))
         spec, attachment = self._attach_network(record)
-        try:
-            cgroup.create()
-        except BaseException:
-            self._release_network(record, attachment, failed=True)
-            raise
-        try:
-            # Before the init joins: it must never run without the device rules.
+
+        def launch() -> ContainerProcess:
+            # Before the init joins: it must never run without the device rules, nor without its limits
+            # (--memory, --cpus, ...: whatever linux.resources holds beyond devices).
             resources = record.config["spec"]["linux"]["resources"]
             cgroup.set_devices(rules_from_spec(resources["devices"]))
-            if (
-                len(resources) > 1
-            ):  # limits beyond devices (--memory, --cpus, ...): also before the init joins
+            if len(resources) > 1:
                 cgroup.set_resources(resources)
-            program = self._seccomp_program(record.config["spec"])
-            proc = spawn(
+            return spawn(
                 spec,
                 str(self.container_dir(record.id) / "merged"),
                 overlay=self.overlay(record),
                 cgroup=cgroup,
                 stdio=stdio,
                 die_with_parent=die_with_parent,
-                seccomp_program=program,
+                seccomp_program=self._seccomp_program(record.config["spec"]),
             )
+
+        return self._mark_started(record, self._launch_in(record, cgroup, attachment, launch))
+
+    def _launch_in(self, record: Record, cgroup, attachment, launch) -> ContainerProcess:
+        """Create the container's cgroup and run ``launch`` (either backend's start); on any failure the
+        cgroup and the network attachment are undone, on success this process keeps the port sockets."""
+        try:
+            cgroup.create()
+        except BaseException:
+            self._release_network(record, attachment, failed=True)
+            raise
+        try:
+            proc = launch()
         except BaseException:
             cgroup.destroy()
             self._release_network(record, attachment, failed=True)
             raise
         self._release_network(record, attachment, failed=False)
-        return self._mark_started(record, proc)
+        return proc
 
     def _mark_started(self, record: Record, proc: ContainerProcess) -> ContainerProcess:
         # This process reaps the init (a foreground hutch run or a monitor); recorded so that others wait for
@@ -260,14 +267,13 @@ class Engine:
         from hutch.vm import backend
 
         attachment = networking.attach(self, record)
-        try:
-            cgroup.create()
-        except BaseException:
-            self._release_network(record, attachment, failed=True)
-            raise
-        try:
-            proc = backend.start(
-                record.config["spec"],
+        spec = record.config["spec"]
+        return self._launch_in(
+            record,
+            cgroup,
+            attachment,  # QEMU holds the TAP once started
+            lambda: backend.start(
+                spec,
                 [Path(p) for p in record.config["layers"]],
                 record.config["options"],
                 cache=self.root / "cache" / "vm",
@@ -277,14 +283,9 @@ class Engine:
                 stdio=stdio,
                 die_with_parent=die_with_parent,
                 nic=attachment.guest_config() if attachment is not None else None,
-                seccomp_program=self._seccomp_program(record.config["spec"]),
-            )
-        except BaseException:
-            cgroup.destroy()
-            self._release_network(record, attachment, failed=True)
-            raise
-        self._release_network(record, attachment, failed=False)  # QEMU holds the TAP now
-        return proc
+                seccomp_program=self._seccomp_program(spec),
+            ),
+        )
 
     # --- networking (issue 6) ---
 

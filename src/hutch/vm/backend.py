@@ -70,9 +70,8 @@ def start(
     settings = VmSettings(options)
     parts = prepare(settings, layers, cache, scratch)
     volumes = list(options.get("volumes") or [])
-    stage2 = script.stage2(spec, layers, volumes)  # a bad --user fails here, before anything is made
+    stage2 = script.stage2(spec, layers, volumes, nic)  # a bad --user fails here, before anything is made
     if nic is not None:
-        stage2 = script.network(nic) + stage2
         parts["nic"] = nic
     config = script.agent_config(spec, layers, seccomp_program, volumes=volumes)
     shares = virtiofs.shares(state_dir.name, volumes)

@@ -142,7 +142,7 @@ def setup_records(spec: dict, volumes: list[dict] | None = None) -> list[bytes]:
 
 
 def network(nic: dict) -> str:
-    """The guest's eth0 as the host's IPAM gave it (``network.tap``), run before the stage-2 script.
+    """The guest's eth0 as the host's IPAM gave it (``network.tap``), the stage-2 script's lines.
 
     The MAC is set here rather than only on QEMU's command line: a template clone's card comes back from
     the saved state with the template's MAC, and the guest's driver read it at boot; setting it from the
@@ -159,13 +159,13 @@ def network(nic: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage2(spec: dict, layers: list[Path], volumes: list[dict] | None = None) -> str:
+def stage2(spec: dict, layers: list[Path], volumes: list[dict] | None = None, nic: dict | None = None) -> str:
     """Shell lines the guest runs (busybox sh, values quoted with ``q``) after the agent's set-up steps
-    and before the root is entered; empty unless a feature needs busybox (then the agent skips the
-    shell). Also checks ``--user`` against the image, before anything is started."""
+    and before the root is entered: only a network card's set-up needs busybox (``ip``); without one the
+    script is empty and the agent skips the shell. Also checks ``--user`` against the image, before
+    anything is started."""
     exec_user(spec, layers)
-    lines: list[str] = []
-    return "\n".join(["set -e", *lines]) + "\n" if lines else ""
+    return network(nic) if nic is not None else ""
 
 
 def agent_config(
