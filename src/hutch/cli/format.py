@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from hutch.engine.resources import decimal_size as size  # noqa: F401 - Docker's image sizes
+
 
 def duration(seconds: float) -> str:
     """Docker's HumanDuration: 'Less than a second', '5 seconds', 'About a minute', '3 hours', ..."""
@@ -35,15 +37,6 @@ def duration(seconds: float) -> str:
 
 def ago(timestamp: float, now: float | None = None) -> str:
     return f"{duration((now or time.time()) - timestamp)} ago"
-
-
-def size(n: float) -> str:
-    """Decimal units as Docker prints image sizes (1kB = 1000 B)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1000
-    return f"{n}"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -10,7 +10,7 @@ import time
 
 from hutch.engine.containers import Engine, cgroup_of
 from hutch.engine.records import Record
-from hutch.engine.resources import merge_update
+from hutch.engine.resources import binary_size, decimal_size, merge_update
 from hutch.errors import Conflict
 
 
@@ -74,24 +74,6 @@ def vm_net_io(cid: str) -> tuple[int, int]:
             except (OSError, ValueError):
                 continue  # the guest is going away
     return rx, tx
-
-
-def binary_size(n: float) -> str:
-    """Docker's BytesSize for memory: 1024-based, 4 significant digits (``1.5MiB``)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.4g}{unit}"
-        n /= 1024
-    return str(n)
-
-
-def decimal_size(n: float) -> str:
-    """Docker's HumanSizeWithPrecision for I/O: 1000-based, 3 significant digits (``1.2kB``)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return str(n)
 
 
 class StatsSampler:

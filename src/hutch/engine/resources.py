@@ -50,6 +50,25 @@ def parse_bytes(flag: str, text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def binary_size(n: float) -> str:
+    """Docker's BytesSize for memory: 1024-based, 4 significant digits (``1.5MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def decimal_size(n: float) -> str:
+    """Docker's HumanSizeWithPrecision: 1000-based, 3 significant digits (``1.2kB``), whole bytes below a
+    kilobyte; image sizes and stats I/O."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return str(n)
+
+
 def _int(flag: str, text: str, low: int | None = None, high: int | None = None) -> int:
     try:
         value = int(text)
