@@ -316,12 +316,18 @@ class NetworkManager:
         return [sock for _, sock in held]
 
     def detach(self, cid: str) -> None:
-        """The container has stopped: its leases, ports and peers' host entries go (its veths went with
-        its namespace)."""
+        """The container has stopped: its links, leases, ports and peers' host entries go."""
         with self._lock():
             self._release(cid)
 
     def _release(self, cid: str) -> None:
+        from hutch.network.sandbox import Sandbox
+
+        # why delete what the kernel deletes anyway: a veth goes with its namespace, but the kernel
+        # destroys namespaces from a workqueue that lagged over 30 s on a busy host; a stopped container's
+        # links go now (a TAP is gone already with its QEMU, and a missing link is fine).
+        for endpoint in self.ipam.endpoints_of(cid):
+            Sandbox.remove_link(endpoint.link)
         peers = dns.neighbours(self.ipam, cid)
         self.ipam.release(cid)
         ports = self.ports.release(cid)
