@@ -826,14 +826,18 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	fcntl(ctl, F_SETFD, FD_CLOEXEC);
-	static struct config c;
-	receive_config(&c);
 	struct container k = {.master = -1, .tty_sock = -1};
 	k.in = *argv[1] ? open(argv[1], O_RDONLY | O_CLOEXEC) : open("/dev/null", O_RDONLY | O_CLOEXEC);
 	k.out = open(argv[2], O_WRONLY | O_CLOEXEC);
 	int err = open(argv[3], O_WRONLY | O_CLOEXEC), started[2];
 	if (k.in < 0 || k.out < 0 || err < 0)
 		fail("opening the stdio ports");
+	/* "ready": booted and waiting for a container. A template is saved at this point, with this program
+	 * already exec'd and blocked in its read: a restored clone starts here, and its first steps after the
+	 * restore are the container's own (under TCG every code path a clone runs is translated anew). */
+	dprintf(ctl, "ready\n");
+	static struct config c;
+	receive_config(&c);
 	sigset_t chld;
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
