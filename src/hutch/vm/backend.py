@@ -105,8 +105,8 @@ def _timeout(settings: VmSettings, parts: dict) -> float:
 def _argv(
     settings, parts, theirs, state_dir: Path, shares=(), ram: tuple[Path, bool] | None = None
 ) -> list[str]:
-    """QEMU's argv; with a template, the disk is the placeholder the template was booted with and the RAM
-    the template's file (``ram``: path, shared)."""
+    """QEMU's argv; with a template (``ram``: its RAM file, shared while it is built), the disk is the
+    placeholder while the template boots and the image's disk in a clone of it."""
     machine, share_argv = virtiofs.qemu_args(list(shares), settings.memory_mib)
     if ram is not None:
         machine, share_argv = template.ram_args(ram[0], settings.memory_mib, ram[1])
@@ -116,7 +116,7 @@ def _argv(
     return qemu.command(
         kernel=None if parts.get("template") else parts["vmlinux"],
         initrd=parts["initrd"],
-        disk=parts["placeholder"] if settings.template else parts["disk"],
+        disk=parts["placeholder"] if settings.template and not parts.get("template") else parts["disk"],
         accel=parts["accel"],
         memory_mib=settings.memory_mib,
         cpus=settings.cpus,
@@ -182,7 +182,7 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         accel=parts["accel"],
         daemons=[(share.daemon_argv(), share.sock.fileno()) for share in shares],
         daemon_log=str(state_dir / "virtiofsd.log"),
-        restore=(parts["template"], parts["disk"]) if parts.get("template") else None,
+        restore=parts.get("template"),
         tap_fd=parts["nic"]["fd"] if parts.get("nic") else -1,
         config=b"",
         tty=False,

@@ -17,11 +17,15 @@ from hutch.errors import HutchError
 class Qmp:
     """A QMP session in command mode (greeting read, capabilities negotiated)."""
 
-    def __init__(self, sock: socket.socket, timeout: float = 2.0) -> None:
+    def __init__(self, sock: socket.socket, timeout: float = 2.0, negotiated: bool = False) -> None:
+        """``negotiated``: the greeting was read and the capabilities sent already (a template clone's
+        restore requests open the session)."""
         self.sock = sock
         self.sock.settimeout(timeout)
         self._buf = b""
         self.events: list[dict] = []  # asynchronous events read while waiting for replies
+        if negotiated:
+            return
         greeting = self._message()
         if "QMP" not in greeting:
             raise HutchError(f"QMP: unexpected greeting {greeting!r}")
@@ -72,11 +76,11 @@ class Qmp:
                 self.events.append(reply)
 
 
-def status_then_quit(sock: socket.socket) -> str:
+def status_then_quit(sock: socket.socket, negotiated: bool = False) -> str:
     """The VM's ``query-status``, then ``quit``; the status or why it could not be asked. The caller still
     reaps (or kills) QEMU."""
     try:
-        session = Qmp(sock)
+        session = Qmp(sock, negotiated=negotiated)
         state = str(session.execute("query-status").get("status", "unknown"))
     except (OSError, ValueError, HutchError) as err:
         return f"unknown ({err})"

@@ -82,24 +82,32 @@ def run(
     try:
         _stamp("supervisor")
         helpers = [_start_helper(argv, fd, launch.daemon_log) for argv, fd in launch.daemons]
-        qemu_pid = _start_qemu(launch, qemu_ends)
+        # a template clone loads its template from this fd (QEMU inherits it), named in the QMP request
+        saved = os.open(launch.restore, os.O_RDONLY | os.O_CLOEXEC) if launch.restore is not None else -1
+        qemu_pid = _start_qemu(launch, qemu_ends, saved)
         _stamp("qemu_forked")
         for s in qemu_ends.values():
             s.close()
         if launch.tap_fd >= 0:
             os.close(launch.tap_fd)  # why: QEMU alone holds the TAP, so it goes when QEMU does
         ctl = ports["hutch.ctl"]
-        if launch.restore is not None:
-            _restore(launch, ports["qmp"])
-            _stamp("restored")
+        if saved >= 0:
+            from hutch.vm.template import restore_requests
+
+            os.close(saved)
+            _send(ports["qmp"], restore_requests(saved))
         script = launch.script.encode()
         _send(ctl, b"%d\n" % len(script) + script + launch.config)  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
         _stamp("up")
+        if problem and launch.restore is not None:
+            problem = _restore_failure(launch, ports["qmp"]) or problem
         if problem.startswith("the guest did not come up"):
             from hutch.vm import qmp
 
-            problem += f" (QEMU status: {qmp.status_then_quit(ports['qmp'])})"
+            # (a clone's session was opened by its restore requests, whose replies were read above)
+            status = qmp.status_then_quit(ports["qmp"], negotiated=launch.restore is not None)
+            problem += f" (QEMU status: {status})"
         if problem:
             for pid in (qemu_pid, *helpers):
                 _kill(pid)
@@ -134,7 +142,7 @@ def run(
     os._exit(code)
 
 
-def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket]) -> int:
+def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket], saved: int) -> int:
     pid = os.fork()
     if pid != 0:
         return pid
@@ -151,8 +159,9 @@ def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket]) -> int:
         os.setpgid(0, 0)
         for s in qemu_ends.values():
             os.set_inheritable(s.fileno(), True)
-        if launch.tap_fd >= 0:
-            os.set_inheritable(launch.tap_fd, True)
+        for fd in (launch.tap_fd, saved):
+            if fd >= 0:
+                os.set_inheritable(fd, True)
         null = os.open("/dev/null", os.O_RDWR)
         log = os.open(launch.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         os.dup2(null, 0)
@@ -166,19 +175,22 @@ def _start_qemu(launch: Launch, qemu_ends: dict[str, socket.socket]) -> int:
         os._exit(127)
 
 
-def _restore(launch: Launch, qmp_sock: socket.socket) -> None:
-    """Load the template into the QEMU just started with ``-incoming defer`` and give it the image disk.
-    A template that does not load is deleted, so the next start builds a fresh one."""
-    from hutch.vm import qmp, template
-
-    path, disk = launch.restore
+def _restore_failure(launch: Launch, qmp_sock: socket.socket) -> str:
+    """Why a clone did not come up, if its template did not load: QEMU's error reply or its log's
+    complaint. Such a template is deleted, so the next start builds a fresh one."""
+    replies = b""
+    qmp_sock.setblocking(False)
     try:
-        template.restore(
-            qmp.Qmp(qmp_sock, timeout=launch.boot_timeout), Path(path), disk, launch.boot_timeout
-        )
-    except BaseException:
-        Path(path).unlink(missing_ok=True)
-        raise
+        while chunk := qmp_sock.recv(65536):
+            replies += chunk
+    except OSError:
+        pass  # nothing more (or QEMU gone): what was read is all there is
+    errors = [line for line in replies.splitlines() if b'"error"' in line]
+    if not errors and "migration" not in _tail(launch.qemu_log, 5):
+        return ""
+    Path(launch.restore).unlink(missing_ok=True)
+    detail = json.loads(errors[0])["error"].get("desc", "") if errors else "QEMU could not load it"
+    return f"loading the template {Path(launch.restore).name}: {detail}"  # (QEMU's log is appended)
 
 
 def _start_helper(argv: list[str], keep_fd: int, log_path: str) -> int:

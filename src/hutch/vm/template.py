@@ -3,31 +3,35 @@
 Firecracker's snapshots and Kata's VM templating, with QEMU's own migration: a guest is booted once per
 (kernel, initramfs, memory, vCPUs, accelerator) until its init says ``ready`` (modules loaded, ports found,
 waiting for a container's config; the disk not yet read), then stopped and ``migrate``d into a file. A
-container then starts QEMU with the same devices and ``-incoming defer``, loads that file, swaps the
-placeholder disk behind virtio-blk for the image's erofs disk (``blockdev-add`` + ``blockdev-reopen`` of
-the raw node), and continues; the guest reads its config and mounts the disk as after a cold boot.
+container then starts QEMU with the same devices, the image's erofs disk where the template had its
+placeholder, and ``-incoming defer``; loads that file; and the guest, resumed, reads its config and
+mounts the disk as after a cold boot.
 The template's RAM is a file the clones map privately (``x-ignore-shared``): the saved state is ~60 KB
 instead of 65 MB, a restore does not copy the RAM, and clones share the pages they only read.
 
-The placeholder is a sparse 64 GiB file: the guest sizes /dev/vda at template time, and an image's disk
-is always smaller, so erofs never reads past its end. Volumes need other devices and shared RAM, so a
-container with ``-v`` boots cold.
+The template boots with a placeholder disk, a sparse 64 GiB file: the guest sizes /dev/vda then, and a
+clone starts with the image's disk in its place (an image's disk is always smaller, so erofs never reads
+past its end; the guest reads nothing from it before its config arrives). Volumes need other devices
+and shared RAM, so a container with ``-v`` boots cold.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hutch.errors import HutchError
-from hutch.vm.qmp import Qmp
+
+if TYPE_CHECKING:
+    from hutch.vm.qmp import Qmp
 
 PLACEHOLDER_BYTES = 64 << 30
-VERSION = "2"
+VERSION = "3"  # 3: saved while running, so that clones start by themselves
 
 
 def placeholder(cache: Path) -> Path:
@@ -70,6 +74,10 @@ def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: d
           timeout: float, ram_tmp: Path, extra_fds: tuple[int, ...] = ()) -> None:  # fmt: skip
     """Boot ``argv`` (cold, placeholder disk, RAM in ``ram_tmp``) until the guest is ready, then save its
     device state into ``path`` (RAM stays in the file: ``x-ignore-shared``)."""
+    import subprocess
+
+    from hutch.vm.qmp import Qmp
+
     os.makedirs(path.parent, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     proc = subprocess.Popen(
@@ -85,7 +93,10 @@ def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: d
         _await_ready(ours["hutch.ctl"], timeout)
         session = Qmp(ours["qmp"], timeout=30)
         session.execute("migrate-set-capabilities", _IGNORE_SHARED)
-        session.execute("stop")
+        # why no "stop" first: the state saved says whether the guest ran, and a clone of a stopped guest
+        # stays paused after its load, waiting for a "cont" (one more round trip). A running guest is
+        # stopped by the migration itself when it completes; the RAM is not copied (x-ignore-shared), and
+        # the guest, blocked reading its config, does not change it meanwhile.
         session.execute("migrate", {"uri": f"exec:cat > {tmp}"})
         _await_migration(session, "completed", timeout)
         session.execute("quit")
@@ -138,21 +149,19 @@ def _await_migration(session: Qmp, wanted: str, timeout: float) -> None:
     raise HutchError(f"migration did not complete within {timeout:g} s")
 
 
-def restore(session: Qmp, path: Path, disk: str, timeout: float) -> None:
-    """In a QEMU started with ``-incoming defer``: load the template, swap in ``disk``, run.
+def restore_requests(fd: int) -> bytes:
+    """The QMP requests that load a template from ``fd`` (the ``.mig`` file, inherited by a QEMU started
+    with ``-incoming defer``, the image's disk already in place of the placeholder): sent in one write,
+    with no reply awaited. QEMU runs them in order and, the load done, starts the guest by itself (no
+    ``-S``); the agent is blocked reading its config, so the config can be sent at once behind them.
 
-    Two round trips: the load is started and then awaited as QEMU's MIGRATION event (no polling), and
-    the three commands after it go in one write."""
-    events = {"capability": "events", "state": True}
-    capabilities = {"capabilities": [*_IGNORE_SHARED["capabilities"], events]}
-    session.execute_all(
-        [("migrate-set-capabilities", capabilities), ("migrate-incoming", {"uri": f"exec:cat {path}"})]
-    )
-    session.sock.settimeout(timeout)
-    event = session.await_event("MIGRATION", lambda data: data.get("status") in ("completed", "failed"))
-    if event["data"]["status"] != "completed":
-        raise HutchError(f"loading the template {path.name}: migration failed")
-    image = {"driver": "file", "node-name": "img", "filename": disk, "read-only": True}
-    options = {"driver": "raw", "node-name": "root", "file": "img", "read-only": True}
-    swap_and_run = [("blockdev-add", image), ("blockdev-reopen", {"options": [options]}), ("cont", None)]
-    session.execute_all(swap_and_run)
+    Why fire and forget: each reply awaited was a round trip on the critical path of every start, and the
+    load used to go through ``exec:cat`` (a shell and a cat forked by QEMU). A load that fails makes QEMU
+    exit ("load of migration failed"), which the supervisor sees as the guest never coming up."""
+    capabilities = {"capabilities": _IGNORE_SHARED["capabilities"]}
+    requests = [
+        {"execute": "qmp_capabilities"},
+        {"execute": "migrate-set-capabilities", "arguments": capabilities},
+        {"execute": "migrate-incoming", "arguments": {"uri": f"fd:{fd}"}},
+    ]
+    return b"".join(json.dumps(r).encode() + b"\n" for r in requests)
