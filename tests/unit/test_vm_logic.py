@@ -129,7 +129,10 @@ def test_the_agent_gets_args_env_cwd_and_set_up_steps_verbatim(tmp_path):
     mounts = [(struct.unpack_from("<Q", m)[0], m[8:].split(b"\0")[:4]) for m in rec[agentconf.MOUNT]]
     assert (8, [b"tmpfs", b"tmpfs", b"/newroot/x $(id)", b"size=1m"]) in mounts  # noexec is MS_NOEXEC
     assert mounts[-1] == (32 | 1, [b"", b"", b"/newroot", b""])  # --read-only: a remount, last
-    assert rec[agentconf.HOSTNAME] == [b"h\0"] and rec[agentconf.DEVICES] == [b"/newroot/dev\0"]
+    assert rec[agentconf.HOSTNAME] == [b"h\0"] and agentconf.DEVICES not in rec  # /dev is staged:
+    assert (8192, [b"", b"/stage/dev", b"/newroot/dev", b""]) in mounts  # moved in (MS_MOVE)
+    staged = _records(agentconf.block(script.stage_records(spec, None)))
+    assert staged[agentconf.DEVICES] == [b"/stage/dev\0"] and agentconf.ARG not in staged
     assert rec[agentconf.ARG] == [b"sh\0", b"-c\0", b"echo $X\0"]
     assert rec[agentconf.ENV] == [b"PATH=/bin\0", hostile.encode() + b"\0", b"HOME=/\0"]
     assert rec[agentconf.CWD] == [b"/we ird\0"] and rec[agentconf.ROOT] == [b"/newroot\0"]
@@ -150,20 +153,24 @@ def test_agent_config_user_groups_caps_limits_and_seccomp(tmp_path):
         noNewPrivileges=True,
     )
     spec["linux"] = {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "flags": ["SECCOMP_FILTER_FLAG_LOG"]}}
-    rec = _records(script.agent_config(spec, [lower, upper], b"\x06" + b"\0" * 7))
+    program = b"\x06" + b"\0" * 7
+    rec = _records(script.agent_config(spec, [lower, upper], program))
     mask = (1 << 0) | (1 << 5)
     assert struct.unpack("<5Q", rec[agentconf.CAPS][0]) == (mask, mask, mask, 0, 0)
     assert rec[agentconf.RLIMIT] == [struct.pack("<IIQQ", 7, 0, 123, 2**64 - 1)]
-    assert agentconf.NNP in rec and rec[agentconf.SECCOMP] == [b"\x06" + b"\0" * 7]
-    assert rec[agentconf.SECCOMP_FLAGS] == [struct.pack("<I", 2)]
+    assert agentconf.NNP in rec and agentconf.SECCOMP not in rec  # the container's filter is staged
+    staged = _records(agentconf.block(script.stage_records(spec, program)))
+    assert staged[agentconf.SECCOMP] == [program]
+    assert staged[agentconf.SECCOMP_FLAGS] == [struct.pack("<I", 2)]
     spec["annotations"]["io.hutch.user"] = "web"
-    rec = _records(script.agent_config(spec, [lower, upper], b"\x06" + b"\0" * 7, root=None))
+    rec = _records(script.agent_config(spec, [lower, upper], program, root=None))
+    assert rec[agentconf.SECCOMP] == [program]  # an exec's filter comes with it
     assert [struct.unpack("<I", v)[0] for v in rec[agentconf.UID] + rec[agentconf.GID]] == [33, 44]
     assert [struct.unpack("<I", v)[0] for v in rec[agentconf.GROUP]] == [10]  # the image's /etc/group
     assert struct.unpack("<5Q", rec[agentconf.CAPS][0]) == (mask, 0, 0, 0, 0)  # non-root: bounding only
     assert b"HOME=/srv\0" in rec[agentconf.ENV] and agentconf.ROOT not in rec  # an exec joins the root
     with pytest.raises(HutchError, match="not compiled"):
-        script.agent_config(spec, [lower, upper], None)
+        script.stage_records(spec, None)
     spec["annotations"]["io.hutch.user"] = "nobody-here"
     with pytest.raises(HutchError, match="unable to find user nobody-here"):
         script.stage2(spec, [lower, upper])

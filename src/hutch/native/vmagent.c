@@ -135,8 +135,9 @@ static void fail(const char *what)
 	power_off();
 }
 
-/* The config: records {u32 tag, u32 length, bytes}; strings arrive NUL-terminated. */
-static int parse_config(unsigned char *buf, uint32_t len, struct config *c)
+/* The config: records {u32 tag, u32 length, bytes}; strings arrive NUL-terminated. A process's config
+ * needs a command; the stage (set-up steps only) is parsed with parse_steps. */
+static int parse_records(unsigned char *buf, uint32_t len, struct config *c)
 {
 	memset(c, 0, sizeof(*c));
 	c->cwd = "/";
@@ -170,7 +171,12 @@ static int parse_config(unsigned char *buf, uint32_t len, struct config *c)
 			break;
 		}
 	}
-	return c->argc ? 0 : -1;
+	return 0;
+}
+
+static int parse_config(unsigned char *buf, uint32_t len, struct config *c)
+{
+	return parse_records(buf, len, c) < 0 || !c->argc ? -1 : 0;
 }
 
 static unsigned char *read_block(int fd, uint32_t *len)
@@ -186,8 +192,15 @@ static unsigned char *read_block(int fd, uint32_t *len)
 
 #define STAGE2 "/stage2"
 
-/* The stage-2 script ("SIZE\n" + text, written to STAGE2) and the config, then the root: the image's erofs
- * disk (read only now: a template clone is handed its disk after the restore) under a tmpfs upper. */
+/* Why a failure here is a "fail" line: before "up" the host is not relaying stderr yet. */
+static void child_fail(const char *what, int err)
+{
+	dprintf(ctl, "fail %s%s%s\n", what, err ? ": " : "", err ? strerror(err) : "");
+	_exit(125);
+}
+
+/* The stage-2 script ("SIZE\n" + text, written to STAGE2) and the config, read by the container's pid 1
+ * straight from the control port (the agent reads nothing from it until told, see container_child). */
 static void receive_config(struct config *c)
 {
 	char digits[16] = {0};
@@ -198,16 +211,12 @@ static void receive_config(struct config *c)
 	char *script = malloc(size + 1);
 	int fd = open(STAGE2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (!script || read_all(ctl, script, size) < 0 || fd < 0 || write_all(fd, script, size) < 0)
-		fail("read config");
+		child_fail("read config", errno);
 	close(fd);
+	free(script);
 	unsigned char *raw = read_block(ctl, &len);
 	if (!raw || parse_config(raw, len, c) < 0 || !c->root)
-		fail("bad container config");
-	if (mount("/dev/vda", "/lower", "erofs", MS_RDONLY, NULL) < 0)
-		fail("mount root disk");
-	if (mount("overlay", c->root, "overlay", 0, "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work") < 0)
-		fail("overlay");
-	dprintf(ctl, "up\n");
+		child_fail("bad container config", 0);
 }
 
 /* --- the final steps in the container, in runtime/init.py's order ------------------------------------- */
@@ -518,21 +527,44 @@ static void build_root(const struct config *c)
 
 /* --- the container's pid 1 -------------------------------------------------------------------------- */
 
-/* Runs as pid 1 of the container's new pid, mount, uts and ipc namespaces: mounts /proc, /dev, /sys, ...
- * into the root (and runs the stage-2 script, if any), then the root becomes "/" and the command is exec'd. */
-static void container_child(const struct config *c, const char *stage2, int tty_sock)
+/* Pid 1 of the container's new pid, mount, uts and ipc namespaces, made before "ready": it first builds the
+ * stage (the container's /proc, /sys and /dev with Docker's masks, under /stage: the steps the host sent
+ * first) and reports it on `staged`, so a template holds this process, its namespaces and those mounts,
+ * and a clone skips that work (under TCG every kernel path a clone runs is translated anew: the clone and
+ * the mounts cost ~100 ms after a restore). Then it reads the container's config from the control port
+ * itself (one wake-up fewer than through the agent), tells the agent on `staged` that the port is the
+ * agent's again and whether there is a terminal, mounts the image's disk under the overlay, says "up",
+ * moves the staged mounts in (the config's first steps), finishes the root, runs the stage-2 script, if
+ * any, and enters the root. */
+static void container_child(unsigned char *stage, uint32_t stage_len, int staged, int tty_sock)
 {
-	/* why MS_MOVE + chroot, not pivot_root: the old root is the initramfs (rootfs), which pivot_root
-	 * refuses; moving the new root over it in this private namespace hides the initramfs the same way. */
+	static struct config st, c;
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		die(125, "making the mounts private", NULL, errno);
-	build_root(c);
-	struct stat st;
-	if (stat(stage2, &st) == 0 && st.st_size > 0)
-		run_stage2(stage2);
-	if (chdir(c->root) < 0 || mount(c->root, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
-		die(125, "entering the container's root ", c->root, errno);
-	start_process(c, tty_sock);
+	if (parse_records(stage, stage_len, &st) < 0)
+		die(125, "bad stage", NULL, 0);
+	build_root(&st);
+	if (write(staged, "s", 1) != 1)
+		_exit(125);
+	receive_config(&c);
+	c.bpf = st.bpf, c.bpf_len = st.bpf_len, c.seccomp_flags = st.seccomp_flags; /* the filter is staged */
+	if (write(staged, c.tty ? "t" : "n", 1) != 1)
+		_exit(125);
+	close(staged);
+	if (mount("/dev/vda", "/lower", "erofs", MS_RDONLY, NULL) < 0)
+		child_fail("mount root disk", errno);
+	if (mount("overlay", c.root, "overlay", 0, "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work") < 0)
+		child_fail("overlay", errno);
+	dprintf(ctl, "up\n");
+	build_root(&c);
+	struct stat sb;
+	if (stat(STAGE2, &sb) == 0 && sb.st_size > 0)
+		run_stage2(STAGE2);
+	/* why MS_MOVE + chroot, not pivot_root: the old root is the initramfs (rootfs), which pivot_root
+	 * refuses; moving the new root over it in this private namespace hides the initramfs the same way. */
+	if (chdir(c.root) < 0 || mount(c.root, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
+		die(125, "entering the container's root ", c.root, errno);
+	start_process(&c, tty_sock);
 }
 
 static void run_stage2(const char *stage2)
@@ -795,26 +827,28 @@ static void reap(int sigfd, struct container *k)
 	}
 }
 
-/* The container's pid 1, in new pid, mount, uts and ipc namespaces, with stdio on the ports (or, with a
- * terminal, on its pty once made, whose master comes back over k->tty_sock). */
-static pid_t spawn_container(const struct config *c, struct container *k, int err, const sigset_t *blocked)
+/* The container's pid 1 (see container_child), with stdio on the ports (or, with a terminal, on its pty
+ * once made, whose master comes back over k->tty_sock: made for every container, as the config that says
+ * whether there is a terminal comes later). */
+static pid_t spawn_container(unsigned char *stage, uint32_t stage_len, struct container *k, int err,
+			     const sigset_t *blocked, int staged)
 {
-	int pair[2] = {-1, -1};
-	if (c->tty && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+	int pair[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
 		fail("socketpair");
 	pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD,
 				   NULL, NULL, NULL, NULL);
 	if (pid == 0) {
 		sigprocmask(SIG_UNBLOCK, blocked, NULL);
-		dup2(c->tty ? open("/dev/null", O_RDONLY) : k->in, 0);
+		close(pair[0]);
+		dup2(k->in, 0);
 		dup2(k->out, 1);
 		dup2(err, 2);
-		container_child(c, STAGE2, pair[1]);
+		container_child(stage, stage_len, staged, pair[1]);
 	}
 	if (pid < 0)
 		fail("clone");
-	if (pair[1] >= 0)
-		close(pair[1]);
+	close(pair[1]);
 	k->tty_sock = pair[0];
 	return pid;
 }
@@ -832,12 +866,6 @@ int main(int argc, char **argv)
 	int err = open(argv[3], O_WRONLY | O_CLOEXEC), started[2];
 	if (k.in < 0 || k.out < 0 || err < 0)
 		fail("opening the stdio ports");
-	/* "ready": booted and waiting for a container. A template is saved at this point, with this program
-	 * already exec'd and blocked in its read: a restored clone starts here, and its first steps after the
-	 * restore are the container's own (under TCG every code path a clone runs is translated anew). */
-	dprintf(ctl, "ready\n");
-	static struct config c;
-	receive_config(&c);
 	sigset_t chld;
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
@@ -846,14 +874,34 @@ int main(int argc, char **argv)
 	int self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
 	/* why: an exec must join the container once its root is "/"; before, it would see the initramfs. The
 	 * child's copy of the write end closes when it execs the command (close-on-exec): EOF means started. */
-	if (pipe2(started, O_CLOEXEC) < 0)
+	int staged[2];
+	if (pipe2(started, O_CLOEXEC) < 0 || pipe2(staged, O_CLOEXEC) < 0)
 		fail("pipe");
-	k.pid = spawn_container(&c, &k, err, &chld);
-	if (!c.tty)
-		close(k.in), k.in = -1;
+	uint32_t stage_len;
+	unsigned char *stage = read_block(ctl, &stage_len);
+	if (!stage)
+		fail("read the stage");
+	k.pid = spawn_container(stage, stage_len, &k, err, &chld, staged[1]);
 	close(err);
 	close(started[1]);
+	close(staged[1]);
+	char byte = 0;
+	if (read(staged[0], &byte, 1) != 1)
+		fail("staging the container's /proc, /sys and /dev");
+	/* before "ready" too: after it, on a clone, the agent would take the only vCPU from the container's
+	 * start with a walk of sysfs */
 	exec_port = find_port("hutch.exec");
+	/* "ready": booted and waiting for a container. A template is saved at this point, with this program
+	 * and the container's pid 1 (staged, waiting for its config) blocked in their reads: a restored clone
+	 * starts here, and its first steps after the restore are the container's own. */
+	dprintf(ctl, "ready\n");
+	/* The container's pid 1 reads its config from the control port; until it says it has (or dies: EOF,
+	 * reported as its exit below), the port is not ours to read. */
+	if (read(staged[0], &byte, 1) != 1 || byte != 't') {
+		close(k.in), k.in = -1;
+		close(k.tty_sock), k.tty_sock = -1;
+	}
+	close(staged[0]);
 	size_t frames_used = 0;
 	static unsigned char frames[1 << 20];
 	for (;;) {

@@ -15,7 +15,19 @@ from pathlib import Path
 from hutch.errors import HutchError
 from hutch.runtime.process import close_extra_fds
 from hutch.runtime.spawn import ContainerProcess
-from hutch.vm import accel, frames, initramfs, kernel, qemu, rootdisk, script, supervisor, template, virtiofs
+from hutch.vm import (
+    accel,
+    agentconf,
+    frames,
+    initramfs,
+    kernel,
+    qemu,
+    rootdisk,
+    script,
+    supervisor,
+    template,
+    virtiofs,
+)
 
 MIN_MEMORY_MIB = 80  # smaller guests deadlock at boot
 DEFAULT_MEMORY_MIB = 128
@@ -74,18 +86,20 @@ def start(
     if nic is not None:
         parts["nic"] = nic
     config = script.agent_config(spec, layers, seccomp_program, volumes=volumes)
+    stage = agentconf.block(script.stage_records(spec, seccomp_program))
     shares = virtiofs.shares(state_dir.name, volumes)
     ours, theirs = supervisor.port_pairs()
     master = slave = None
     try:
         if settings.template:
-            _template_for(settings, parts, cache, state_dir)
+            _template_for(settings, parts, cache, state_dir, stage)
         tty = bool(spec["process"].get("terminal"))
         if tty:
             master, slave = supervisor.host_pty()
             stdio = (slave, slave, slave)
         launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
         launch.config, launch.tty = config, tty
+        launch.stage = b"" if parts.get("template") else stage
         launch.exec_name = frames.socket_name(state_dir.name)
         proc = _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
         proc.console, master = master, None
@@ -130,13 +144,14 @@ def _argv(
     )
 
 
-def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Path) -> None:
-    """Find or build the template this guest restores from (parts gains "placeholder" and "template")."""
+def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Path, stage: bytes) -> None:
+    """Find or build the template this guest restores from (parts gains "placeholder" and "template"):
+    one per guest shape and ``stage`` (the container's staged /proc, /sys and /dev, which it holds)."""
     parts["placeholder"] = str(template.placeholder(cache))
     nic = parts.get("nic")
     path = template.template_path(
         cache, parts["vmlinux"], parts["initrd"], settings.memory_mib, settings.cpus, parts["accel"],
-        nic=nic is not None,
+        nic=nic is not None, stage=stage,
     )  # fmt: skip
     if not path.exists():
         ours, theirs = supervisor.port_pairs()
@@ -145,7 +160,7 @@ def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Pat
             ram_tmp = path.with_name(f".{path.stem}.ram.tmp-{os.getpid()}")
             argv = _argv(settings, dict(parts, nic=spare), theirs, state_dir, ram=(ram_tmp, True))
             extra = (spare["fd"],) if spare else ()
-            template.build(path, argv, theirs, ours, _timeout(settings, parts), ram_tmp, extra)
+            template.build(path, argv, theirs, ours, _timeout(settings, parts), ram_tmp, stage, extra)
         finally:
             for s in (*ours.values(), *theirs.values()):
                 s.close()
@@ -187,6 +202,7 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         config=b"",
         tty=False,
         exec_name=b"",
+        stage=b"",
     )
 
 

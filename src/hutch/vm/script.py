@@ -20,9 +20,13 @@ from hutch.runtime.users import ExecUser, resolve_user
 from hutch.vm import agentconf
 
 # mount(2) flags (linux/mount.h); hutch.linux.syscalls has them too, but loads libc through ctypes
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_MOVE = 1, 2, 4, 8, 32, 8192
 
 ROOT = "/newroot"
+# The container's /proc, /sys and /dev, made by its pid 1 before the guest says "ready" (so a template holds
+# them) and moved into ROOT once the image's root is mounted.
+STAGE = "/stage"
+STAGED = ("/proc", "/sys", "/dev")
 
 
 def q(value: str) -> str:
@@ -61,10 +65,9 @@ _DEVPTS = "newinstance,ptmxmode=0666,mode=0620"
 _SHM = "mode=1777,size=67108864"
 
 
-def _dev_records() -> list[bytes]:
-    """Docker's /dev: a tmpfs with the standard nodes, devpts (a new instance: the container's ptys are
-    its own) and /dev/shm."""
-    d = f"{ROOT}/dev"
+def _dev_records(d: str) -> list[bytes]:
+    """Docker's /dev at ``d``: a tmpfs with the standard nodes, devpts (a new instance: the container's
+    ptys are its own) and /dev/shm."""
     return [
         agentconf.mount("tmpfs", "dev", d, MS_NOSUID, "mode=755,size=65536k"),
         agentconf.devices(d),
@@ -120,20 +123,48 @@ def _environment(spec: dict, user: ExecUser) -> list[str]:
     return env
 
 
+def _staged(path: str) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in STAGED)
+
+
+def stage_records(spec: dict, program: bytes | None) -> list[bytes]:
+    """The container's /proc, /sys and /dev under STAGE, with Docker's masked and read-only paths there
+    applied, and its seccomp filter: what its pid 1 has before "ready", the same for every container of
+    one security profile (a template's key includes it; ``--privileged`` gets a template of its own)."""
+    linux = spec.get("linux", {})
+    return [
+        *agentconf.seccomp_records(spec, program),
+        *(agentconf.mkdir(STAGE + top) for top in STAGED),
+        agentconf.mount("proc", "proc", f"{STAGE}/proc", MS_NOSUID | MS_NOEXEC | MS_NODEV),
+        agentconf.mount("sysfs", "sys", f"{STAGE}/sys", _sysfs_flags(spec)),
+        *_dev_records(f"{STAGE}/dev"),
+        *(agentconf.mask(STAGE + path) for path in linux.get("maskedPaths", []) if _staged(path)),
+        *(agentconf.readonly(STAGE + path) for path in linux.get("readonlyPaths", []) if _staged(path)),
+    ]
+
+
+def _sysfs_flags(spec: dict) -> int:
+    """The spec's own /sys mount's flags (read-only as Docker mounts it; read-write when privileged)."""
+    for m in spec.get("mounts", []):
+        if m.get("destination") == "/sys":
+            return _flags_and_data(m.get("options") or [])[0]
+    return MS_RDONLY | MS_NOSUID | MS_NOEXEC | MS_NODEV
+
+
 def setup_records(spec: dict, volumes: list[dict] | None = None) -> list[bytes]:
     """The container's root, built by the guest agent in the container's mount namespace: done in C
-    rather than by busybox applets, each of which costs a fork (and often an exec) under TCG."""
+    rather than by busybox applets, each of which costs a fork (and often an exec) under TCG. Its /proc,
+    /sys and /dev are the staged ones (``stage_records``), moved in."""
+    linux = spec.get("linux", {})
     cwd = spec["process"].get("cwd") or "/"
     records = [agentconf.mkdir(ROOT + sub) for sub in ("/proc", "/dev", "/sys", "/tmp", cwd)]
     records += [
-        agentconf.mount("proc", "proc", f"{ROOT}/proc", MS_NOSUID | MS_NOEXEC | MS_NODEV),
-        agentconf.mount("sysfs", "sys", f"{ROOT}/sys", MS_RDONLY | MS_NOSUID | MS_NOEXEC | MS_NODEV),
-        *_dev_records(),
+        *(agentconf.mount("", STAGE + top, ROOT + top, MS_MOVE) for top in STAGED),
         *_etc_records(spec),
         *_tmpfs_records(spec),
         *_volume_records(volumes or []),
-        *(agentconf.mask(ROOT + path) for path in spec.get("linux", {}).get("maskedPaths", [])),
-        *(agentconf.readonly(ROOT + path) for path in spec.get("linux", {}).get("readonlyPaths", [])),
+        *(agentconf.mask(ROOT + path) for path in linux.get("maskedPaths", []) if not _staged(path)),
+        *(agentconf.readonly(ROOT + path) for path in linux.get("readonlyPaths", []) if not _staged(path)),
         agentconf.hostname(spec.get("hostname") or "localhost"),
     ]
     if spec.get("root", {}).get("readonly"):
@@ -179,4 +210,6 @@ def agent_config(
     set-up included); ``root=None``, an exec into the running container."""
     user = exec_user(spec, layers)
     setup = setup_records(spec, volumes) if root else []
-    return agentconf.encode(spec, user, _environment(spec, user), program, root, setup)
+    env = _environment(spec, user)
+    # the container's own filter is in its stage (stage_records); an exec's comes with its config
+    return agentconf.encode(spec, user, env, program, root, setup, seccomp=root is None)

@@ -62,11 +62,14 @@ class Launch:
         "config",
         "tty",
         "exec_name",
+        "stage",
     )
 
     def __init__(self, **values) -> None:
         # argv: QEMU's; script: the guest's stage 2; config: the guest agent's (vm/agentconf.py);
         # daemons: (argv, listening fd) of each virtiofsd; exec_name: the socket `hutch exec` connects to;
+        # stage: the container's staged mounts (vm/script.py), sent first on a cold boot (a template's
+        # clone has them already);
         # tap_fd: the network card's TAP device (-1: none), inherited by QEMU only.
         for name in self.__slots__:
             setattr(self, name, values[name])
@@ -97,7 +100,7 @@ def run(
             os.close(saved)
             _send(ports["qmp"], restore_requests(saved))
         script = launch.script.encode()
-        _send(ctl, b"%d\n" % len(script) + script + launch.config)  # QEMU may die first
+        _send(ctl, launch.stage + b"%d\n" % len(script) + script + launch.config)  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
         _stamp("up")
         if problem and launch.restore is not None:

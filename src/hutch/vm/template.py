@@ -45,13 +45,22 @@ def placeholder(cache: Path) -> Path:
 
 
 def template_path(
-    cache: Path, vmlinux: str, initrd: str, memory_mib: int, cpus: int, accel: str, nic: bool = False
+    cache: Path,
+    vmlinux: str,
+    initrd: str,
+    memory_mib: int,
+    cpus: int,
+    accel: str,
+    nic: bool = False,
+    stage: bytes = b"",
 ) -> Path:
     """``<what it boots>-<shape>.mig``: a new kernel or initramfs replaces every older template, while
-    templates of other shapes (memory, vCPUs, a network card or none) of the same build live side by
-    side, so containers that alternate between them do not rebuild one another's."""
+    templates of other shapes (memory, vCPUs, a network card or none, the staged mounts of a security
+    profile) of the same build live side by side, so containers that alternate between them do not
+    rebuild one another's."""
     build = hashlib.sha256(f"{VERSION}:{vmlinux}:{initrd}".encode()).hexdigest()[:16]
-    shape = hashlib.sha256(f"{memory_mib}:{cpus}:{accel}:{'net' if nic else ''}".encode()).hexdigest()[:8]
+    shape_key = f"{memory_mib}:{cpus}:{accel}:{'net' if nic else ''}:".encode() + stage
+    shape = hashlib.sha256(shape_key).hexdigest()[:8]
     return cache / "templates" / f"{build}-{shape}.mig"
 
 
@@ -71,9 +80,10 @@ _IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": Tr
 
 
 def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: dict[str, socket.socket],
-          timeout: float, ram_tmp: Path, extra_fds: tuple[int, ...] = ()) -> None:  # fmt: skip
-    """Boot ``argv`` (cold, placeholder disk, RAM in ``ram_tmp``) until the guest is ready, then save its
-    device state into ``path`` (RAM stays in the file: ``x-ignore-shared``)."""
+          timeout: float, ram_tmp: Path, stage: bytes, extra_fds: tuple[int, ...] = ()) -> None:  # fmt: skip
+    """Boot ``argv`` (cold, placeholder disk, RAM in ``ram_tmp``), hand the guest ``stage`` (the
+    container's mounts its pid 1 makes before "ready"), wait until it is ready, then save its device state
+    into ``path`` (RAM stays in the file: ``x-ignore-shared``)."""
     import subprocess
 
     from hutch.vm.qmp import Qmp
@@ -90,6 +100,7 @@ def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: d
     for s in theirs.values():
         s.close()
     try:
+        ours["hutch.ctl"].sendall(stage)
         _await_ready(ours["hutch.ctl"], timeout)
         session = Qmp(ours["qmp"], timeout=30)
         session.execute("migrate-set-capabilities", _IGNORE_SHARED)
@@ -135,6 +146,9 @@ def _await_ready(ctl: socket.socket, timeout: float) -> None:
         if not chunk:
             raise HutchError("QEMU exited before the template guest came up")
         buf += chunk
+        if buf.startswith(b"fail "):  # the guest's init or agent says why it cannot go on
+            why = buf[5:].split(b"\n")[0].decode(errors="replace")
+            raise HutchError(f"the template guest: {why}")
 
 
 def _await_migration(session: Qmp, wanted: str, timeout: float) -> None:
