@@ -882,6 +882,10 @@ int main(int argc, char **argv)
 	if (!stage)
 		fail("read the stage");
 	k.pid = spawn_container(stage, stage_len, &k, err, &chld, staged[1]);
+	/* Held, never closed: when the container's pid 1 exits, its mount namespace would otherwise be torn
+	 * down (every mount of the container undone) before its parent could reap it and report the exit;
+	 * the guest is reset right after, so nothing needs undoing. */
+	(void)open_ns(k.pid, "mnt");
 	close(err);
 	close(started[1]);
 	close(staged[1]);
