@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,6 +67,8 @@ def probe_kvm(vmlinux: Path, initrd: Path, deadline: float = PROBE_DEADLINE) -> 
         khz=qemu.tsc_khz(),
         extra_cmdline="hutch.probe",
     )
+    import subprocess
+
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     seen = b""
     end = time.monotonic() + deadline

@@ -16,12 +16,12 @@ boots on a loaded host: 280 ms (insmod loop) -> 135 ms.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 
 from hutch.errors import HutchError
+from hutch.vm.cachekey import short_key
 
 BUSYBOX = "/bin/busybox"
 # What a read-only erofs root under a tmpfs overlay with stdio on virtio-serial needs. virtio_mmio finds
@@ -217,16 +217,16 @@ def cached(modules_dir: Path, cache: Path) -> Path:
     """The initramfs for ``modules_dir``, built on first use; keyed by what goes into it."""
     from hutch import native
 
-    key = hashlib.sha256()
+    key = []
     agent_source = native.source_path("vmagent")
     for part in (modules_dir / "modules.dep", Path(BUSYBOX), _DATA / "init.sh", Path(__file__), agent_source):
         try:
             st = part.stat()
         except OSError:
             continue
-        key.update(f"{part}:{st.st_size}:{st.st_mtime_ns};".encode())
+        key.append(f"{part}:{st.st_size}:{st.st_mtime_ns}")
     prefix = f"initramfs-{modules_dir.name}-"
-    target = cache / f"{prefix}{key.hexdigest()[:16]}.cpio"
+    target = cache / f"{prefix}{short_key(';'.join(key))}.cpio"
     if not target.exists():
         from hutch.fsutil import atomic_write
 

@@ -7,14 +7,12 @@ payload is (boot protocol 2.08+: ``payload_offset``/``payload_length``); its mag
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import os
 import struct
-import subprocess
 from pathlib import Path
 
 from hutch.errors import HutchError
+from hutch.vm.cachekey import short_key
 
 _SETUP_SECTS = 0x1F1
 _HEADER_MAGIC = 0x202  # "HdrS"
@@ -43,13 +41,20 @@ def find_kernel(explicit: str | None = None) -> Kernel:
         if not path.is_file():
             raise HutchError(f"--vm-kernel {explicit}: no such file")
     else:
-        found = sorted(glob.glob("/boot/vmlinuz-*cloud*"))
+        found = sorted(f"/boot/{n}" for n in _listdir("/boot") if n.startswith("vmlinuz-") and "cloud" in n)
         if not found:
             raise HutchError(
                 "no guest kernel for --isolation vm: install linux-image-cloud-amd64 or give --vm-kernel PATH"
             )
         path = Path(found[-1])
     return Kernel(path, release_of(path))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def release_of(path: Path) -> str:
@@ -96,6 +101,8 @@ def decompress(data: bytes) -> bytes:
 
 def _lz4_legacy(data: bytes) -> bytes:
     try:
+        import subprocess
+
         proc = subprocess.run(["lz4", "-dc"], input=data, capture_output=True, check=False)
     except FileNotFoundError:
         raise HutchError("guest kernel is LZ4-compressed and the lz4 tool is missing (apt install lz4)")
@@ -107,7 +114,7 @@ def _lz4_legacy(data: bytes) -> bytes:
 def vmlinux(kernel: Kernel, cache: Path) -> Path:
     """The uncompressed ELF kernel, cached per (path, size, mtime) of the bzImage."""
     st = kernel.path.stat()
-    key = hashlib.sha256(f"{kernel.path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = short_key(f"{kernel.path}:{st.st_size}:{st.st_mtime_ns}")
     target = cache / f"vmlinux-{kernel.release}-{key}"
     if target.exists():
         return target

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
 from hutch.errors import HutchError
@@ -64,16 +65,17 @@ class Qmp:
             raise error
         return results
 
-    def await_event(self, name: str, accept) -> dict:
-        """The first event ``name`` for which ``accept(data)`` is true (already read, or read now)."""
-        while True:
-            while self.events:
-                event = self.events.pop(0)
-                if event.get("event") == name and accept(event.get("data", {})):
-                    return event
-            reply = self._message()
-            if "event" in reply:
-                self.events.append(reply)
+    def await_migration(self, timeout: float) -> None:
+        """Poll ``query-migrate`` until the outgoing migration completed (a template's save)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.execute("query-migrate").get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise HutchError(f"migration {status}")
+            time.sleep(0.005)
+        raise HutchError(f"migration did not complete within {timeout:g} s")
 
 
 def status_then_quit(sock: socket.socket, negotiated: bool = False) -> str:

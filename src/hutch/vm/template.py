@@ -17,18 +17,13 @@ and shared RAM, so a container with ``-v`` boots cold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hutch.errors import HutchError
-
-if TYPE_CHECKING:
-    from hutch.vm.qmp import Qmp
+from hutch.vm.cachekey import short_key
 
 PLACEHOLDER_BYTES = 64 << 30
 VERSION = "3"  # 3: saved while running, so that clones start by themselves
@@ -58,9 +53,9 @@ def template_path(
     templates of other shapes (memory, vCPUs, a network card or none, the staged mounts of a security
     profile) of the same build live side by side, so containers that alternate between them do not
     rebuild one another's."""
-    build = hashlib.sha256(f"{VERSION}:{vmlinux}:{initrd}".encode()).hexdigest()[:16]
+    build = short_key(f"{VERSION}:{vmlinux}:{initrd}")
     shape_key = f"{memory_mib}:{cpus}:{accel}:{'net' if nic else ''}:".encode() + stage
-    shape = hashlib.sha256(shape_key).hexdigest()[:8]
+    shape = short_key(shape_key, 8)
     return cache / "templates" / f"{build}-{shape}.mig"
 
 
@@ -109,7 +104,7 @@ def build(path: Path, argv: list[str], theirs: dict[str, socket.socket], ours: d
         # stopped by the migration itself when it completes; the RAM is not copied (x-ignore-shared), and
         # the guest, blocked reading its config, does not change it meanwhile.
         session.execute("migrate", {"uri": f"exec:cat > {tmp}"})
-        _await_migration(session, "completed", timeout)
+        session.await_migration(timeout)
         session.execute("quit")
         proc.wait(timeout=10)
         os.rename(ram_tmp, ram_path(path))  # the RAM first: the .mig file's presence means complete
@@ -149,18 +144,6 @@ def _await_ready(ctl: socket.socket, timeout: float) -> None:
         if buf.startswith(b"fail "):  # the guest's init or agent says why it cannot go on
             why = buf[5:].split(b"\n")[0].decode(errors="replace")
             raise HutchError(f"the template guest: {why}")
-
-
-def _await_migration(session: Qmp, wanted: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = session.execute("query-migrate").get("status")
-        if status == wanted:
-            return
-        if status in ("failed", "cancelled"):
-            raise HutchError(f"migration {status}")
-        time.sleep(0.005)
-    raise HutchError(f"migration did not complete within {timeout:g} s")
 
 
 def restore_requests(fd: int) -> bytes:
