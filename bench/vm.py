@@ -7,9 +7,11 @@
   ``busybox poweroff -f`` (no modules, no disk, no hutch): the floor hutch's cold boot is measured against.
   Rounds are interleaved so a noisy machine slows both alike; medians are reported.
 - phases (ms), medians over the same timed runs: the supervisor stamps its steps when ``HUTCH_VM_TIMINGS``
-  names a file (QEMU forked, template restored, guest "up", its "exit N" read, QEMU reaped), so a run
-  splits into hutch start-up (launch to QEMU's fork), QEMU start + restore, the guest to "up" (config
-  read, root mounted), the command, power-off and host tear-down. A cold run's guest side comes from a
+  names a file (QEMU forked, guest "up", its "exit N" read, QEMU reaped), so a run splits into hutch
+  start-up (launch to QEMU's fork), QEMU's fork to "up" (a clone: QEMU start, the template's load, the
+  guest reading its config and mounting the image; there is no stamp in between, as the supervisor
+  awaits no reply from the restore), the command, power-off (a clone without volumes: QEMU killed on
+  "exit N") and host tear-down. A cold run's guest side comes from a
   probe run printing ``/proc/uptime`` and ``dmesg``, in the guest's own clock: kernel to init (the
   kernel's "Run /init"), modules loaded (init's ``hutch-init: modules`` line in the kernel log) and init
   to command. A bare QEMU's start is in its launch-to-exit (it has no QMP to ask).
@@ -55,8 +57,6 @@ def hutch(root: Path, *args: str, timings: Path | None = None, **kw) -> subproce
 # (phase, from stamp, to stamp); "launch" and "end" are the bench's own clock around the hutch process.
 PHASES = (
     ("host_startup", "launch", "qemu_forked"),
-    ("qemu_start_and_restore", "qemu_forked", "restored"),
-    ("guest_restore_to_up", "restored", "up"),
     ("guest_boot_to_up", "qemu_forked", "up"),
     ("command", "up", "exit_line"),
     ("poweroff", "exit_line", "qemu_exited"),
@@ -258,10 +258,6 @@ def main() -> int:
                     samples[name].append(ms)
                 for phase, value in guest_phases(root, vm, stamps).items():
                     phases.setdefault(phase, []).append(value)
-            for name in list(phases):  # a clone has no boot, a cold run no restore
-                skip = ("template_guest_boot", "cold_qemu_start_and_restore", "cold_guest_restore")
-                if name.startswith(skip):
-                    del phases[name]
             result = {
                 "accel": accel,
                 "loadavg_at_start": load_at_start,

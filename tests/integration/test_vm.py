@@ -61,6 +61,26 @@ def test_echo_hi_from_a_template_clone(hutch, busybox):
     assert list(disks.glob("*.erofs")) == []  # the image's microVM disk goes with the image
 
 
+def test_clones_keep_all_output_templates_follow_the_security_profile_and_a_broken_one_is_rebuilt(
+    hutch, busybox
+):
+    # QEMU is killed as soon as the guest reports the exit: everything written before it must be out.
+    result = hutch("run", "--rm", *VM, busybox, "sh", "-c", "seq 1 60000; echo done >&2; exit 3", timeout=120)
+    assert result.code == 3 and result.out == "".join(f"{n}\n" for n in range(1, 60001))
+    assert result.err == "done\n"
+    templates = hutch.root / "cache" / "vm" / "templates"
+    (saved,) = templates.glob("*.mig")
+    # The staged /proc, /sys, /dev and seccomp filter are part of a template: --privileged has its own.
+    assert hutch.ok("run", "--rm", "--privileged", *VM, busybox, "cat", "/proc/self/status", timeout=120)
+    assert len(list(templates.glob("*.mig"))) == 2
+    saved.write_bytes(saved.read_bytes()[:3000])  # a template that no longer loads
+    broken = hutch("run", "--rm", *VM, busybox, "true", timeout=120)
+    assert broken.code == 125 and "loading the template" in broken.err and len(broken.err.splitlines()) == 1
+    assert not saved.exists()  # deleted: the next start builds a fresh one
+    assert hutch("run", "--rm", *VM, busybox, "echo", "again", timeout=120).out == "again\n"
+    _assert_nothing_left(hutch)
+
+
 def test_cold_boot_env_workdir_user_stdin_exit_code_and_kernel(hutch, busybox):
     script = 'echo "$FOO"; pwd; id -u; id -g; hostname; uname -r; cat; echo oops >&2; exit 7'
     result = hutch(

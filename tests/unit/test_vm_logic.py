@@ -245,3 +245,26 @@ def test_template_ram_is_shared_while_built_and_private_in_clones(tmp_path):
     _, clone = template.ram_args(ram, 128, share=False)
     assert machine == ",memory-backend=mem"
     assert built[1].endswith(f"mem-path={ram},share=on") and clone[1].endswith(f"mem-path={ram},share=off")
+
+
+def test_template_names_follow_the_build_the_shape_and_the_stage(tmp_path):
+    from hutch.vm import template
+
+    def name(**changes) -> str:
+        args = {"vmlinux": "/v", "initrd": "/i", "memory_mib": 128, "cpus": 1, "accel": "tcg", "stage": b"s"}
+        return template.template_path(tmp_path, **{**args, **changes}).stem
+
+    base = name()
+    build, shape = base.split("-")
+    assert name() == base and len(build) == 16 and len(shape) == 8  # stable, and short
+    assert name(initrd="/j").split("-") != [build, shape] and name(initrd="/j").endswith(shape)
+    for other in (name(memory_mib=256), name(nic=True), name(stage=b"privileged")):
+        assert other.startswith(build + "-") and other != base  # same build, another shape: side by side
+
+
+def test_cache_keys_are_short_and_tell_inputs_apart():
+    from hutch.vm.cachekey import short_key
+
+    keys = {short_key(f"/boot/vmlinuz:{size}:{mtime}") for size in range(50) for mtime in range(50)}
+    assert len(keys) == 2500 and all(len(k) == 16 for k in keys)
+    assert short_key(b"x", 8) == short_key("x")[:8]

@@ -24,7 +24,7 @@ from hutch.vm.relayio import read_some, write_all
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 # bench/vm.py's phases: with HUTCH_VM_TIMINGS=<file>, the supervisor appends one JSON line of wall-clock
-# stamps (QEMU forked, template restored, guest up, "exit N" read, QEMU reaped). Unset: nothing is kept.
+# stamps (QEMU forked, guest up, "exit N" read, QEMU reaped). Unset: nothing is kept.
 _TIMINGS = os.environ.get("HUTCH_VM_TIMINGS")
 _stamps: dict[str, float] = {}
 
