@@ -59,6 +59,7 @@ class Launch:
         "daemon_log",
         "restore",
         "tap_fd",
+        "hosts_watch",
         "config",
         "tty",
         "exec_name",
@@ -67,7 +68,8 @@ class Launch:
     def __init__(self, **values) -> None:
         # argv: QEMU's; script: the guest's stage 2; config: the guest agent's (vm/agentconf.py);
         # daemons: (argv, listening fd) of each virtiofsd; exec_name: the socket `hutch exec` connects to;
-        # tap_fd: the network card's TAP device (-1: none), inherited by QEMU only.
+        # tap_fd: the network card's TAP device (-1: none), inherited by QEMU only; hosts_watch: an
+        # inotify fd on the container's hosts file and its path (None: no user network to follow).
         for name in self.__slots__:
             setattr(self, name, values[name])
 
@@ -292,6 +294,9 @@ def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.soc
     stdin_sock = ports["hutch.stdin"]
     router = ExecRouter(ports["hutch.exec"], listener)
     readers = [ctl.fileno(), *sinks, *router.fds()]
+    watch_fd, hosts_path = launch.hosts_watch or (-1, "")
+    if watch_fd >= 0:
+        readers.append(watch_fd)
     if launch.interactive:
         readers.append(stdin_fd)
         stdin_sock.setblocking(False)
@@ -320,7 +325,9 @@ def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.soc
             if fd not in readers or router.handle(fd, readers):
                 continue  # (a client dropped earlier in this round, or the router's)
             data = read_some(fd)
-            if fd == stdin_fd:
+            if fd == watch_fd:
+                _hosts_changed(router, hosts_path)
+            elif fd == stdin_fd:
                 pending += data
                 _push(stdin_sock, pending)
                 if not data:
@@ -339,6 +346,19 @@ def _relay(launch: Launch, ports: dict[str, socket.socket], listener: socket.soc
                 ctl_buf = ctl_buf.rsplit(b"\n", 1)[-1]
     router.close()
     return code
+
+
+def _hosts_changed(router: ExecRouter, path: str) -> None:
+    """The network layer rewrote the container's hosts file (in place, under its lock, so a close ends a
+    whole version): the guest gets the new content, written by its agent into the container's root."""
+    from hutch.vm import frames
+
+    try:
+        with open(path, "rb") as f:
+            content = f.read(frames.MAX_FRAME)
+    except OSError:
+        return  # the container is being removed
+    router.send_to_guest(frames.pack(frames.HOSTS, 0, content))
 
 
 def _push(sock: socket.socket, queue: bytearray) -> bool:
