@@ -50,7 +50,7 @@
 
 enum { T_ARG = 1, T_ENV, T_CWD, T_UID, T_GID, T_GROUP, T_RLIMIT, T_CAPS, T_NNP, T_SECCOMP, T_SECCOMP_FLAGS,
        T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES, T_MASK,
-       T_READONLY };
+       T_READONLY, T_MKNOD };
 enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT, F_CREDIT, F_HOSTS };
 
 #define MAX_LIST 256
@@ -173,7 +173,7 @@ static int parse_config(unsigned char *buf, uint32_t len, struct config *c)
 		case T_SECCOMP: c->bpf = v; c->bpf_len = n; break;
 		case T_SECCOMP_FLAGS: memcpy(&c->seccomp_flags, v, 4); break;
 		case T_MKDIR: case T_MOUNT: case T_WRITE: case T_DEVICES: case T_HOSTNAME: case T_MODULES: case T_MASK:
-		case T_READONLY:
+		case T_READONLY: case T_MKNOD:
 			if (c->nsteps == MAX_STEPS)
 				return -1;
 			c->steps[c->nsteps++] = (struct step){tag, n, v};
@@ -490,6 +490,22 @@ static int mask_or_protect(uint32_t tag, const char *path)
 	return mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
+/* A --device node: {u32 mode, major, minor, uid, gid} + path; one already there (a standard node) is
+ * replaced, as Docker does. The mode is set again after mknod: the umask applies to mknod's. */
+static int make_node(const unsigned char *v, uint32_t len)
+{
+	uint32_t f[5];
+	if (len < sizeof(f) + 1)
+		return -1;
+	memcpy(f, v, sizeof(f));
+	const char *path = (const char *)v + sizeof(f);
+	if (unlink(path) < 0 && errno != ENOENT)
+		return -1;
+	if (mknod(path, S_IFCHR | (f[0] & 07777), makedev(f[1], f[2])) < 0 || chmod(path, f[0] & 07777) < 0)
+		return -1;
+	return chown(path, f[3], f[4]);
+}
+
 static const char *or_null(const char *s)
 {
 	return *s ? s : NULL;
@@ -521,6 +537,10 @@ static void build_root(const struct config *c)
 			rc = load_modules(v);
 		else if (st->tag == T_MASK || st->tag == T_READONLY)
 			rc = mask_or_protect(st->tag, v);
+		else if (st->tag == T_MKNOD) {
+			rc = make_node(st->value, st->len);
+			v += 20;
+		}
 		if (rc < 0)
 			die(125, "setting up the container's root: ", v, errno);
 	}
