@@ -376,6 +376,16 @@ def _push(sock: socket.socket, queue: bytearray) -> bool:
     return True
 
 
+def _recv(sock: socket.socket) -> bytes | None:
+    """What the non-blocking ``sock`` has: None if nothing yet, b"" at EOF or on an error."""
+    try:
+        return sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_WR)
@@ -424,7 +434,9 @@ class ExecRouter:
         if fd == self.listener.fileno():
             self._accept(readers)
         elif fd == self.port.fileno():
-            data = read_some(fd)
+            data = _recv(self.port)
+            if data is None:
+                return True
             if not data:
                 readers.remove(fd)
             self.port_in += data
@@ -432,7 +444,9 @@ class ExecRouter:
                 self._to_client(kind, ident, payload, readers)
         elif fd in self.clients:
             client = self.clients[fd]
-            data = read_some(fd)
+            data = _recv(client.sock)
+            if data is None:
+                return True  # why: the fd of a client dropped this round, already reused by a new one
             client.inbuf += data
             for kind, _, payload in frames.split(client.inbuf):
                 if not self._from_client(client, kind, payload):
