@@ -48,14 +48,15 @@ class Rig:
         self.turn()
 
     def at_guest(self) -> list[tuple[int, int, bytes]]:
-        self.turn()
+        """The frames the router has sent to the guest by now (it may have to be turned to finish)."""
         self.guest.setblocking(False)
-        try:
-            while True:
-                self.guest_buf += self.guest.recv(65536)
-        except BlockingIOError:
-            pass
-        return frames.split(self.guest_buf)
+        while True:
+            self.turn()
+            try:
+                self.guest_buf += self.guest.recv(1 << 20)
+            except BlockingIOError:
+                if not self.router.port_out:
+                    return frames.split(self.guest_buf)
 
     def close(self) -> None:
         self.router.close()
@@ -80,6 +81,12 @@ def test_stdin_flows_only_within_the_credit_the_guest_granted():
         a = rig.client()
         a.sendall(frames.pack(frames.START, 0, b"config"))
         assert rig.at_guest() == [(frames.START, 1, b"config")]
+        first = [b"a" * (frames.WINDOW // 2), b"b" * (frames.WINDOW // 2)]  # the implicit first window
+        got = []
+        for chunk in first:
+            a.sendall(frames.pack(frames.STDIN, 0, chunk))
+            got += rig.at_guest()
+        assert got == [(frames.STDIN, 1, chunk) for chunk in first]
         rig.from_guest(frames.CREDIT, 1, struct.pack("<I", 5))
         assert _frames_of(a) == [(frames.CREDIT, 1, struct.pack("<I", 5))]
         a.sendall(frames.pack(frames.STDIN, 0, b"12345"))
@@ -91,6 +98,15 @@ def test_stdin_flows_only_within_the_credit_the_guest_granted():
         assert a.recv(10) == b""
     finally:
         rig.close()
+
+
+def test_the_agent_and_the_host_agree_on_the_window():
+    from pathlib import Path
+
+    import hutch.native
+
+    source = Path(hutch.native.__file__).with_name("vmagent.c").read_text()
+    assert f"#define WINDOW ({frames.WINDOW >> 10}u << 10)" in source
 
 
 def test_an_id_is_reused_only_after_its_exit_and_a_gone_clients_output_is_dropped():

@@ -56,7 +56,8 @@ enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT, F_CR
 #define MAX_LIST 256
 #define MAX_STEPS 256
 #define MAX_EXECS 256 /* indexed by the frame id: 1-255 (0 is for frames to the agent itself) */
-#define WINDOW (128u << 10) /* per exec: stdin bytes the host may have in flight to us, output bytes we may */
+#define WINDOW (128u << 10) /* per exec: stdin bytes the host may have in flight to us, output bytes we may;
+				      * the host's side is hutch/vm/frames.py's WINDOW */
 
 struct rlim { uint32_t resource, pad; uint64_t soft, hard; };
 
@@ -76,7 +77,7 @@ struct config {
  * bytes (the host sends no more than we credited); `slot` is its first entry in this round's poll set. */
 struct exec {
 	int used, pid, in, out, err, master, reaped, code, eof, slot;
-	uint32_t head, tail;
+	uint32_t head, tail, owed; /* owed: taken by the process, not yet credited */
 	uint64_t out_credit;
 	unsigned char *queue;
 };
@@ -656,12 +657,12 @@ static void start_exec(int id, unsigned char *conf, uint32_t len, pid_t cpid, in
 		close(sock[0]);
 	}
 	/* why non-blocking: a process that does not read its stdin must not stop this loop (on a pty, the
-	 * master's reads share the flag, and a read that finds nothing is retried at the next POLLIN) */
-	if (e->in >= 0) {
+	 * master's reads share the flag, and a read that finds nothing is retried at the next POLLIN). The
+	 * first window is implicit (hutch/vm/frames.py's WINDOW): stdin flows while the process starts. */
+	if (e->in >= 0)
 		fcntl(e->in, F_SETFL, O_NONBLOCK);
-		uint32_t window = WINDOW;
-		send_frame(F_CREDIT, id, &window, 4);
-	}
+	if (!c.tty)
+		fcntl(e->in, F_SETPIPE_SZ, WINDOW);
 }
 
 static struct exec *exec_by_id(int id)
@@ -680,33 +681,45 @@ static void exec_done_if_finished(int id, struct exec *e)
 	}
 }
 
-/* `n` more bytes of stdin may come for exec `id`: the process took them (or they were dropped). */
-static void credit(int id, uint32_t n)
+/* `n` more bytes of stdin may come for exec `id`: the process took them (or they were dropped). Sent
+ * in quarters of the window, or once the queue is empty: a process reading 4 KiB at a time would
+ * otherwise cost a frame each way per 4 KiB (through two Python relays on the host). */
+static void credit(int id, struct exec *e, uint32_t n)
 {
-	if (n)
-		send_frame(F_CREDIT, id, &n, 4);
+	e->owed += n;
+	if (e->owed && (e->owed >= WINDOW / 4 || e->head == e->tail)) {
+		send_frame(F_CREDIT, id, &e->owed, 4);
+		e->owed = 0;
+	}
 }
 
-/* Writes what the process takes without blocking, credits it back; then EOF once the queue is empty. */
-static void flush_stdin(int id, struct exec *e)
+/* How much of data[0..len) the process's stdin takes now, without blocking; all of it once its stdin is
+ * gone (EPIPE: it closed it; EIO: its terminal went): the rest is dropped. */
+static uint32_t feed(struct exec *e, const unsigned char *data, uint32_t len)
 {
-	while (e->in >= 0 && e->head < e->tail) {
-		ssize_t n = write(e->in, e->queue + e->head, e->tail - e->head);
+	uint32_t done = 0;
+	while (done < len && e->in >= 0) {
+		ssize_t n = write(e->in, data + done, len - done);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && errno == EAGAIN)
-			return;
-		if (n <= 0) { /* EPIPE: it closed its stdin; EIO: its terminal is gone */
+			return done;
+		if (n <= 0)
 			close(e->in), e->in = -1;
-			n = (ssize_t)(e->tail - e->head);
-		}
-		e->head += (uint32_t)n;
-		credit(id, (uint32_t)n);
+		else
+			done += (uint32_t)n;
 	}
-	if (e->head == e->tail) {
-		free(e->queue);
-		e->queue = NULL, e->head = e->tail = 0;
-	}
+	return len;
+}
+
+/* The queue onwards as far as the process takes it, credited back; then EOF once the queue is empty. */
+static void flush_stdin(int id, struct exec *e)
+{
+	uint32_t n = feed(e, e->queue + e->head, e->tail - e->head);
+	e->head += n;
+	if (e->head == e->tail)
+		e->head = e->tail = 0; /* the buffer stays until the exec ends: no malloc per frame */
+	credit(id, e, n);
 	if (e->eof && e->in >= 0 && e->head == e->tail) {
 		if (e->master < 0)
 			close(e->in), e->in = -1;
@@ -715,14 +728,17 @@ static void flush_stdin(int id, struct exec *e)
 	}
 }
 
-/* A STDIN frame (empty: EOF) joins the exec's queue; the host's credit guarantees the room. */
+/* A STDIN frame (empty: EOF): straight to the process if nothing waits, the rest to its queue, for which
+ * the host's credit guarantees the room. */
 static void stdin_frame(int id, struct exec *e, const unsigned char *data, uint32_t len)
 {
-	if (!len)
+	uint32_t taken = e->head == e->tail ? feed(e, data, len) : 0;
+	data += taken, len -= taken;
+	if (!len && !taken)
 		e->eof = 1;
-	else if (e->in < 0 || e->tail - e->head + len > WINDOW || (!e->queue && !(e->queue = malloc(WINDOW))))
-		credit(id, len); /* its stdin is closed (or the host overran its credit): dropped */
-	else {
+	else if (len && (e->tail - e->head + len > WINDOW || (!e->queue && !(e->queue = malloc(WINDOW)))))
+		taken += len; /* the host overran its credit: dropped */
+	else if (len) {
 		if (e->tail + len > WINDOW) {
 			memmove(e->queue, e->queue + e->head, e->tail - e->head);
 			e->tail -= e->head, e->head = 0;
@@ -730,6 +746,7 @@ static void stdin_frame(int id, struct exec *e, const unsigned char *data, uint3
 		memcpy(e->queue + e->tail, data, len);
 		e->tail += len;
 	}
+	credit(id, e, taken);
 	flush_stdin(id, e);
 }
 
@@ -836,7 +853,7 @@ static int find_port(const char *wanted)
  * EOF or error (EIO: the pty's last slave closed). */
 static ssize_t pump(int from, int to, int type, int id, uint64_t limit)
 {
-	char buf[16384];
+	static char buf[1 << 16];
 	ssize_t n = read(from, buf, limit < sizeof(buf) ? (size_t)limit : sizeof(buf));
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return 0;

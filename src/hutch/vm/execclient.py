@@ -84,7 +84,7 @@ def _relay(sock: socket.socket, stdio: tuple[int, int, int], tty: bool) -> int:
         fcntl.ioctl(stdin, termios.TIOCSCTTY, 0)  # the caller's size changes arrive as SIGWINCH
         _send_winch(sock, stdin)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
-    buf, credit, stdin_open = bytearray(), 0, True
+    buf, credit, owed, stdin_open = bytearray(), frames.WINDOW, 0, True
     while True:
         # why stdin only with credit: the guest keeps at most a window of unread stdin per exec
         readers = [sock.fileno(), wake_r] + ([stdin] if stdin_open and credit > 0 else [])
@@ -111,7 +111,10 @@ def _relay(sock: socket.socket, stdio: tuple[int, int, int], tty: bool) -> int:
             for kind, _, payload in frames.split(buf):
                 if kind in (frames.STDOUT, frames.STDERR):
                     write_all(out if kind == frames.STDOUT else err, payload)
-                    _send(sock, frames.credit(0, len(payload)))
+                    owed += len(payload)
+                    if owed >= frames.CREDIT_BATCH:
+                        _send(sock, frames.credit(0, owed))
+                        owed = 0
                 elif kind == frames.CREDIT:
                     credit += int.from_bytes(payload, "little")
                 elif kind == frames.EXIT:

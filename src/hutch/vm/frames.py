@@ -6,12 +6,13 @@ execs cannot get ports of their own. Instead one port, ``hutch.exec``, carries f
 the same frames to the VM's supervisor over a unix socket; the supervisor only rewrites the id (one per
 connected client) and routes. The guest agent (``native/vmagent.c``) starts, feeds and reaps the processes.
 
-Flow control, as SSH channel windows: all execs share the port, so no process may hold it up. The agent
-grants stdin with CREDIT frames (a u32 of bytes: the window when the exec starts, then what the process
-took), and the client sends no more stdin than it was granted; the agent keeps what a process has not read
-yet (at most a window) and never blocks on it. Output the other way: the agent reads a process's output
-only while the client's credit lasts (a window to start with), and the client sends CREDIT for what it
-wrote out. HOSTS (id 0, supervisor to agent) carries a new /etc/hosts for the container.
+Flow control, as SSH channel windows: all execs share the port, so no process may hold it up. Each
+direction starts with WINDOW bytes of credit per exec (implicit, as HTTP/2's initial window: stdin flows
+while the process is being started); the agent grants more stdin with CREDIT frames (a u32 of bytes) for
+what the process took, and the client sends no more stdin than it was granted; the agent keeps what a
+process has not read yet (at most a window) and never blocks on it. Output the other way: the agent reads
+a process's output only while the client's credit lasts, and the client sends CREDIT for what it wrote
+out. HOSTS (id 0, supervisor to agent) carries a new /etc/hosts for the container.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import struct
 START, STDIN, SIGNAL, WINCH, STDOUT, STDERR, EXIT, CREDIT, HOSTS = range(1, 10)
 HEADER = struct.Struct("<BBHI")
 MAX_FRAME = 1 << 20  # the agent's receive buffer: a larger frame could never be taken in
+WINDOW = 128 << 10  # each exec's first credit, both ways: must equal WINDOW in native/vmagent.c
+# Credit is returned in batches (fewer frames through the relays): a quarter of the window, so a sender
+# never waits on an unsent batch.
+CREDIT_BATCH = WINDOW // 4
 UNLIMITED = 0xFFFFFFFF  # an output credit that lets the agent drain an exec whose client is gone
 
 

@@ -379,7 +379,7 @@ def _push(sock: socket.socket, queue: bytearray) -> bool:
 def _recv(sock: socket.socket) -> bytes | None:
     """What the non-blocking ``sock`` has: None if nothing yet, b"" at EOF or on an error."""
     try:
-        return sock.recv(65536)
+        return sock.recv(1 << 18)
     except (BlockingIOError, InterruptedError):
         return None
     except OSError:
@@ -401,8 +401,10 @@ class _Client:
 
     def __init__(self, sock: socket.socket, ident: int) -> None:
         self.sock, self.ident = sock, ident
+        from hutch.vm import frames
+
         self.inbuf, self.outbuf = bytearray(), bytearray()
-        self.credit, self.closing = 0, False
+        self.credit, self.closing = frames.WINDOW, False
 
 
 class ExecRouter:
