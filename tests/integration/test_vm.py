@@ -283,3 +283,28 @@ def test_tty_in_the_guest(hutch, busybox):
     assert b"/dev/pts/0\r\n33 101\r\nxterm\r\n" in answers  # the user's window size reached the guest
     assert b"^C" in after and code == 5
     _assert_nothing_left(hutch)
+
+
+def test_devices_the_guest_kernel_drives_and_a_refusal_for_the_others(hutch, busybox):
+    script = (
+        "stat -c '%n %t:%T %a %u:%g' /dev/fuse /dev/sub/z; head -c 3 /dev/sub/z | wc -c;"
+        " exec 3<>/dev/fuse && echo fuse opened"
+    )
+    out = hutch.ok(
+        "run", "--rm", *VM, "--device", "/dev/fuse", "--device", "/dev/zero:/dev/sub/z:r", busybox,
+        "sh", "-c", script, timeout=120,
+    )  # fmt: skip
+    assert out.splitlines() == [
+        "/dev/fuse a:e5 666 0:0",  # 10:229, with the host node's mode and owner
+        "/dev/sub/z 1:5 666 0:0",
+        "3",
+        "fuse opened",  # the guest has the driver: the fuse module was loaded for it
+    ], out
+    for device in ("/dev/loop0", "/dev/net/tun"):
+        if not os.path.exists(device):
+            continue
+        result = hutch("run", "--rm", *VM, "--device", device, busybox, "true", timeout=60)
+        assert result.code == 125 and result.err.count("\n") == 1, result
+        assert f"--device {device}: a microVM's kernel has no driver" in result.err, result.err
+    assert hutch.ok("ps", "-aq") == ""
+    _assert_nothing_left(hutch)

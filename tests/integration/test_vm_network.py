@@ -179,3 +179,26 @@ def test_vm_default_bridge_none_and_a_killed_supervisor(net):
         refused = net("run", "--rm", "--network", mode, *VM, net.image, "true")
         assert refused.code == 125 and f"--network {mode} with --isolation vm" in refused.err, refused.err
     net.ok("rm", "doomed")
+
+
+def _guest_hosts_names(net, name: str) -> list[list[str]]:
+    return [line.split() for line in net.ok("exec", name, "cat", "/etc/hosts").splitlines()]
+
+
+def test_vm_hosts_file_follows_peers_that_join_and_leave(net):
+    net.ok("network", "create", "hostsnet")
+    net.ok(
+        "run", "-d", "--name", "vmh", "--network", "hostsnet", *VM, net.image, "sleep", "1000", timeout=180
+    )
+    assert not any("peer1" in line for line in _guest_hosts_names(net, "vmh"))
+    net.ok("run", "-d", "--name", "peer1", "--network", "hostsnet", net.image, "sleep", "1000")
+    address = json.loads(net.ok("inspect", "peer1"))[0]["NetworkSettings"]["IPAddress"]
+    started = time.monotonic()
+    assert wait_until(lambda: [address, "peer1"] in [x[:2] for x in _guest_hosts_names(net, "vmh")], 5)
+    joined_after = time.monotonic() - started
+    assert net("exec", "vmh", "ping", "-c", "1", "-W", "5", "peer1", timeout=30).code == 0  # by name
+    net.ok("rm", "-f", "peer1", timeout=60)
+    assert wait_until(lambda: not any("peer1" in x for x in _guest_hosts_names(net, "vmh")), 5)
+    assert joined_after < 5
+    own = json.loads(net.ok("inspect", "vmh"))[0]["NetworkSettings"]["IPAddress"]
+    assert any(x[:1] == [own] for x in _guest_hosts_names(net, "vmh"))  # its own entry stays

@@ -73,6 +73,10 @@ class Engine:
             return self._create(opts)
 
     def _create(self, opts: RunOptions) -> Record:
+        if opts.isolation == "vm" and opts.devices:
+            from hutch.vm.devices import check  # a guest can have only the devices its kernel drives
+
+            check(opts.devices)
         image = self._images.resolve(opts.image)
         layers = self._images.rootfs_layers(image)
         if opts.userns_map:

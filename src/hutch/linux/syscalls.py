@@ -239,3 +239,18 @@ def mount_setattr_idmap(fd: int, userns_fd: int) -> None:
         _SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)
     )
     _check(result, f"mount_setattr({fd}, MOUNT_ATTR_IDMAP)")
+
+
+# inotify(7) (sys/inotify.h): IN_CLOSE_WRITE is the end of a write, e.g. an in-place rewrite's close.
+IN_CLOSE_WRITE = 0x8
+
+
+def inotify_watch(path: str | os.PathLike, mask: int) -> int:
+    """A new non-blocking, close-on-exec inotify fd watching ``path`` for ``mask``."""
+    fd = _check(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC), "inotify_init1")
+    try:
+        _check(_libc.inotify_add_watch(fd, _b(path), ctypes.c_uint32(mask)), f"inotify_add_watch({path!r})")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

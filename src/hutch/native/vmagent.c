@@ -14,6 +14,9 @@
  * hutch/vm/agentconf.py), then lines "signal N" and "winch ROWS COLS". Guest -> host: "up" (or
  * "fail WHY") once the root is mounted, and "exit N".
  * Exec port ("hutch.exec"): frames {u8 type, u8 id, u16 0, u32 length} + payload (see hutch/vm/frames.py).
+ * Each exec's stdin and output flow in windows of WINDOW bytes (CREDIT frames), so one process that stops
+ * reading or one client that stops taking output never blocks this loop: nothing here blocks but the
+ * writes to the exec port, which the host always drains.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,6 +25,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <sched.h>
@@ -46,12 +50,14 @@
 
 enum { T_ARG = 1, T_ENV, T_CWD, T_UID, T_GID, T_GROUP, T_RLIMIT, T_CAPS, T_NNP, T_SECCOMP, T_SECCOMP_FLAGS,
        T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES, T_MASK,
-       T_READONLY };
-enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT };
+       T_READONLY, T_MKNOD };
+enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT, F_CREDIT, F_HOSTS };
 
 #define MAX_LIST 256
 #define MAX_STEPS 256
-#define MAX_EXECS 16
+#define MAX_EXECS 256 /* indexed by the frame id: 1-255 (0 is for frames to the agent itself) */
+#define WINDOW (128u << 10) /* per exec: stdin bytes the host may have in flight to us, output bytes we may;
+				      * the host's side is hutch/vm/frames.py's WINDOW */
 
 struct rlim { uint32_t resource, pad; uint64_t soft, hard; };
 
@@ -67,8 +73,13 @@ struct config {
 	int nsteps;
 };
 
+/* An exec: its stdin queue holds what the process has not taken yet, queue[head..tail), at most WINDOW
+ * bytes (the host sends no more than we credited); `slot` is its first entry in this round's poll set. */
 struct exec {
-	int used, id, pid, in, out, err, master, reaped, code;
+	int used, pid, in, out, err, master, reaped, code, eof, slot;
+	uint32_t head, tail, owed; /* owed: taken by the process, not yet credited */
+	uint64_t out_credit;
+	unsigned char *queue;
 };
 
 static int ctl = 3, exec_port = -1;
@@ -164,7 +175,7 @@ static int parse_records(unsigned char *buf, uint32_t len, struct config *c)
 		case T_SECCOMP: c->bpf = v; c->bpf_len = n; break;
 		case T_SECCOMP_FLAGS: memcpy(&c->seccomp_flags, v, 4); break;
 		case T_MKDIR: case T_MOUNT: case T_WRITE: case T_DEVICES: case T_HOSTNAME: case T_MODULES: case T_MASK:
-		case T_READONLY:
+		case T_READONLY: case T_MKNOD:
 			if (c->nsteps == MAX_STEPS)
 				return -1;
 			c->steps[c->nsteps++] = (struct step){tag, n, v};
@@ -489,6 +500,22 @@ static int mask_or_protect(uint32_t tag, const char *path)
 	return mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
+/* A --device node: {u32 mode, major, minor, uid, gid} + path; one already there (a standard node) is
+ * replaced, as Docker does. The mode is set again after mknod: the umask applies to mknod's. */
+static int make_node(const unsigned char *v, uint32_t len)
+{
+	uint32_t f[5];
+	if (len < sizeof(f) + 1)
+		return -1;
+	memcpy(f, v, sizeof(f));
+	const char *path = (const char *)v + sizeof(f);
+	if (unlink(path) < 0 && errno != ENOENT)
+		return -1;
+	if (mknod(path, S_IFCHR | (f[0] & 07777), makedev(f[1], f[2])) < 0 || chmod(path, f[0] & 07777) < 0)
+		return -1;
+	return chown(path, f[3], f[4]);
+}
+
 static const char *or_null(const char *s)
 {
 	return *s ? s : NULL;
@@ -520,6 +547,10 @@ static void build_root(const struct config *c)
 			rc = load_modules(v);
 		else if (st->tag == T_MASK || st->tag == T_READONLY)
 			rc = mask_or_protect(st->tag, v);
+		else if (st->tag == T_MKNOD) {
+			rc = make_node(st->value, st->len);
+			v += 20;
+		}
 		if (rc < 0)
 			die(125, "setting up the container's root: ", v, errno);
 	}
@@ -608,10 +639,7 @@ static int open_ns(pid_t pid, const char *kind)
 static void start_exec(int id, unsigned char *conf, uint32_t len, pid_t cpid, int self_pidns)
 {
 	static struct config c;
-	struct exec *e = NULL;
-	for (int i = 0; i < MAX_EXECS && !e; i++)
-		if (!execs[i].used)
-			e = &execs[i];
+	struct exec *e = id > 0 && id < MAX_EXECS && !execs[id].used ? &execs[id] : NULL;
 	int code = 125;
 	uint32_t declared = 0;
 	if (len >= 4)
@@ -653,30 +681,105 @@ static void start_exec(int id, unsigned char *conf, uint32_t len, pid_t cpid, in
 				close(fd[k]);
 		return;
 	}
-	*e = (struct exec){1, id, pid, in[1], out[0], err[0], -1, 0, 0};
+	*e = (struct exec){.used = 1, .pid = pid, .in = in[1], .out = out[0], .err = err[0], .master = -1,
+			   .slot = -1, .out_credit = WINDOW};
 	if (c.tty) {
 		e->master = recv_fd(sock[0]); /* -1 when the child failed before its pty: it reports on stderr */
 		e->in = e->master >= 0 ? dup(e->master) : -1;
 		close(sock[0]);
 	}
+	/* why non-blocking: a process that does not read its stdin must not stop this loop (on a pty, the
+	 * master's reads share the flag, and a read that finds nothing is retried at the next POLLIN). The
+	 * first window is implicit (hutch/vm/frames.py's WINDOW): stdin flows while the process starts. */
+	if (e->in >= 0)
+		fcntl(e->in, F_SETFL, O_NONBLOCK);
+	if (!c.tty)
+		fcntl(e->in, F_SETPIPE_SZ, WINDOW);
 }
 
 static struct exec *exec_by_id(int id)
 {
-	for (int i = 0; i < MAX_EXECS; i++)
-		if (execs[i].used && execs[i].id == id)
-			return &execs[i];
-	return NULL;
+	return id > 0 && id < MAX_EXECS && execs[id].used ? &execs[id] : NULL;
 }
 
-static void exec_done_if_finished(struct exec *e)
+static void exec_done_if_finished(int id, struct exec *e)
 {
 	if (e->used && e->reaped && e->out < 0 && e->err < 0 && e->master < 0) {
-		send_frame(F_EXIT, e->id, &e->code, 4);
+		send_frame(F_EXIT, id, &e->code, 4);
 		if (e->in >= 0)
 			close(e->in);
-		e->used = 0;
+		free(e->queue);
+		*e = (struct exec){.used = 0};
 	}
+}
+
+/* `n` more bytes of stdin may come for exec `id`: the process took them (or they were dropped). Sent
+ * in quarters of the window, or once the queue is empty: a process reading 4 KiB at a time would
+ * otherwise cost a frame each way per 4 KiB (through two Python relays on the host). */
+static void credit(int id, struct exec *e, uint32_t n)
+{
+	e->owed += n;
+	if (e->owed && (e->owed >= WINDOW / 4 || e->head == e->tail)) {
+		send_frame(F_CREDIT, id, &e->owed, 4);
+		e->owed = 0;
+	}
+}
+
+/* How much of data[0..len) the process's stdin takes now, without blocking; all of it once its stdin is
+ * gone (EPIPE: it closed it; EIO: its terminal went): the rest is dropped. */
+static uint32_t feed(struct exec *e, const unsigned char *data, uint32_t len)
+{
+	uint32_t done = 0;
+	while (done < len && e->in >= 0) {
+		ssize_t n = write(e->in, data + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return done;
+		if (n <= 0)
+			close(e->in), e->in = -1;
+		else
+			done += (uint32_t)n;
+	}
+	return len;
+}
+
+/* The queue onwards as far as the process takes it, credited back; then EOF once the queue is empty. */
+static void flush_stdin(int id, struct exec *e)
+{
+	uint32_t n = feed(e, e->queue + e->head, e->tail - e->head);
+	e->head += n;
+	if (e->head == e->tail)
+		e->head = e->tail = 0; /* the buffer stays until the exec ends: no malloc per frame */
+	credit(id, e, n);
+	if (e->eof && e->in >= 0 && e->head == e->tail) {
+		if (e->master < 0)
+			close(e->in), e->in = -1;
+		else if (write(e->in, "\004", 1) == 1) /* EOF on a terminal: ^D, and the terminal stays */
+			e->eof = 0;
+	}
+}
+
+/* A STDIN frame (empty: EOF): straight to the process if nothing waits, the rest to its queue, for which
+ * the host's credit guarantees the room. */
+static void stdin_frame(int id, struct exec *e, const unsigned char *data, uint32_t len)
+{
+	uint32_t taken = e->head == e->tail ? feed(e, data, len) : 0;
+	data += taken, len -= taken;
+	if (!len && !taken)
+		e->eof = 1;
+	else if (len && (e->tail - e->head + len > WINDOW || (!e->queue && !(e->queue = malloc(WINDOW)))))
+		taken += len; /* the host overran its credit: dropped */
+	else if (len) {
+		if (e->tail + len > WINDOW) {
+			memmove(e->queue, e->queue + e->head, e->tail - e->head);
+			e->tail -= e->head, e->head = 0;
+		}
+		memcpy(e->queue + e->tail, data, len);
+		e->tail += len;
+	}
+	credit(id, e, taken);
+	flush_stdin(id, e);
 }
 
 static void set_winsize(int fd, const unsigned char *rc)
@@ -689,32 +792,60 @@ static void set_winsize(int fd, const unsigned char *rc)
 		ioctl(fd, TIOCSWINSZ, &ws);
 }
 
+/* The host's new /etc/hosts for the container (its peers on a user network changed), through the
+ * container's root as its pid 1 sees it. why openat2 RESOLVE_IN_ROOT: the container owns its /etc and
+ * could make it a symlink out of its root into the agent's files (the file is written as the guest's root,
+ * as CVE-2019-14271's docker cp was). Written as a temp file and renamed; a rename onto a mount point
+ * fails (EBUSY), and a bind-mounted file is rewritten in place instead. */
+static void update_hosts(pid_t cpid, const unsigned char *data, uint32_t len)
+{
+	char root[64];
+	snprintf(root, sizeof(root), "/proc/%d/root", cpid);
+	struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+			       .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+	int rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int etc = rootfd < 0 ? -1 : (int)syscall(SYS_openat2, rootfd, "etc", &how, sizeof(how));
+	int fd = etc < 0 ? -1 : openat(etc, ".hosts.hutch", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd >= 0) {
+		int ok = write_all(fd, data, len) == 0 && fchmod(fd, 0644) == 0;
+		close(fd);
+		if (ok && renameat(etc, ".hosts.hutch", etc, "hosts") < 0 && errno == EBUSY) {
+			fd = openat(etc, "hosts", O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+			if (fd >= 0)
+				write_all(fd, data, len), close(fd);
+		}
+		unlinkat(etc, ".hosts.hutch", 0); /* gone already after a rename */
+	}
+	for (int *f = (int[]){rootfd, etc}, i = 0; i < 2; i++)
+		if (f[i] >= 0)
+			close(f[i]);
+}
+
 /* Frames from the host's exec port; `buf` holds what has arrived, the complete frames are consumed. */
 static size_t handle_frames(unsigned char *buf, size_t used, pid_t cpid, int self_pidns)
 {
 	size_t off = 0;
 	while (used - off >= 8) {
-		uint32_t len;
+		uint32_t len, n = 0;
 		memcpy(&len, buf + off + 4, 4);
 		if (used - off - 8 < len)
 			break;
 		int type = buf[off], id = buf[off + 1];
 		unsigned char *data = buf + off + 8;
 		struct exec *e = exec_by_id(id);
+		if (len == 4)
+			memcpy(&n, data, 4);
 		if (type == F_START)
 			start_exec(id, data, len, cpid, self_pidns);
-		else if (e && type == F_STDIN && e->in >= 0) {
-			if (len == 0 || write_all(e->in, data, len) < 0) {
-				if (e->master < 0 || len)
-					close(e->in), e->in = -1;
-				else
-					write_all(e->in, "\004", 1); /* EOF on a terminal: ^D */
-			}
-		} else if (e && type == F_SIGNAL && len == 4) {
-			int sig;
-			memcpy(&sig, data, 4);
-			kill(e->pid, sig);
-		} else if (e && type == F_WINCH && len == 4)
+		else if (type == F_HOSTS && id == 0)
+			update_hosts(cpid, data, len);
+		else if (e && type == F_STDIN)
+			stdin_frame(id, e, data, len);
+		else if (e && type == F_CREDIT && len == 4) /* the client took n bytes of output */
+			e->out_credit = e->out_credit + n > UINT32_MAX ? UINT32_MAX : e->out_credit + n;
+		else if (e && type == F_SIGNAL && len == 4)
+			kill(e->pid, (int)n);
+		else if (e && type == F_WINCH && len == 4)
 			set_winsize(e->master, data);
 		off += 8 + len;
 	}
@@ -750,11 +881,12 @@ static int find_port(const char *wanted)
 	return -1;
 }
 
-/* Copy what `from` has into `to`; -1 at EOF or error (EIO: the pty's last slave closed). */
-static int pump(int from, int to, int type, int id)
+/* Copy what `from` has (at most `limit` bytes) into `to`, or as frames of `type`; how many bytes, or -1 at
+ * EOF or error (EIO: the pty's last slave closed). */
+static ssize_t pump(int from, int to, int type, int id, uint64_t limit)
 {
-	char buf[16384];
-	ssize_t n = read(from, buf, sizeof(buf));
+	static char buf[1 << 16];
+	ssize_t n = read(from, buf, limit < sizeof(buf) ? (size_t)limit : sizeof(buf));
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return 0;
 	if (n <= 0)
@@ -763,7 +895,7 @@ static int pump(int from, int to, int type, int id)
 		send_frame(type, id, buf, (uint32_t)n);
 	else
 		write_all(to, buf, (size_t)n);
-	return 0;
+	return n;
 }
 
 /* What the agent's loop tracks about the container's own process. */
@@ -771,7 +903,80 @@ struct container {
 	pid_t pid;
 	int status, reaped, master, tty_sock, in, out;
 	unsigned char winsize[4], have_winsize;
+	char queue[16384]; /* with -t: input read from the stdin port that the pty has not taken yet */
+	size_t head, queued;
 };
+
+/* With -t: input from the stdin port to the pty's master (`from`: read more first; -1: only flush). The
+ * port is read only when the queue is empty, so a program that stops reading its terminal holds the
+ * host's stdin back through virtio-serial instead of blocking this loop. */
+static void tty_input(struct container *k, int from)
+{
+	if (from >= 0) {
+		ssize_t n = read(from, k->queue, sizeof(k->queue));
+		if (n <= 0 && !(n < 0 && (errno == EINTR || errno == EAGAIN))) {
+			close(k->in), k->in = -1; /* stdin's end: the terminal stays, as with docker run -t */
+			return;
+		}
+		k->head = 0, k->queued = n > 0 ? (size_t)n : 0;
+	}
+	while (k->queued && k->master >= 0) {
+		ssize_t n = write(k->master, k->queue + k->head, k->queued);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			k->queued = 0; /* the terminal is gone: the master's read sees it too */
+			return;
+		}
+		k->head += (size_t)n, k->queued -= (size_t)n;
+	}
+}
+
+/* This round's poll entries for the running execs, after the `n` already in `p`: output while the client
+ * has credit for it, the stdin pipe (or pty) while bytes wait for it. Only live execs take entries. */
+static int exec_poll_set(struct pollfd *p, int n)
+{
+	for (int i = 1; i < MAX_EXECS; i++) {
+		struct exec *e = &execs[i];
+		if (!e->used)
+			continue;
+		int room = e->out_credit > 0; /* why not just no POLLIN: a hung-up pipe would still wake us */
+		e->slot = n;
+		p[n++] = (struct pollfd){room ? e->out : -1, POLLIN, 0};
+		p[n++] = (struct pollfd){room ? e->err : -1, POLLIN, 0};
+		p[n++] = (struct pollfd){room ? e->master : -1, POLLIN, 0};
+		p[n++] = (struct pollfd){e->head < e->tail || e->eof ? e->in : -1, POLLOUT, 0};
+	}
+	return n;
+}
+
+/* Output of each exec as frames (within its credit), its queued stdin onwards, EXIT once all is done. */
+static void exec_serve(const struct pollfd *p)
+{
+	for (int i = 1; i < MAX_EXECS; i++) {
+		struct exec *e = &execs[i];
+		if (!e->used || e->slot < 0)
+			continue; /* free, or started after this round's poll set was made */
+		const struct pollfd *q = &p[e->slot];
+		int *fds[] = {&e->out, &e->err, &e->master};
+		for (int j = 0; j < 3; j++) {
+			if (!q[j].revents || *fds[j] < 0 || !e->out_credit)
+				continue;
+			ssize_t n = pump(*fds[j], -1, j == 1 ? F_STDERR : F_STDOUT, i, e->out_credit);
+			if (n < 0) {
+				if (j == 2 && e->in >= 0)
+					close(e->in), e->in = -1; /* the pty's dup */
+				close(*fds[j]), *fds[j] = -1;
+			} else
+				e->out_credit -= (uint64_t)n;
+		}
+		if (q[3].revents)
+			flush_stdin(i, e);
+		exec_done_if_finished(i, e);
+	}
+}
 
 /* "signal N" goes to the container's pid 1, "winch ROWS COLS" to its pty (kept for a pty still to come). */
 static void control_line(struct container *k, const char *line)
@@ -819,10 +1024,10 @@ static void reap(int sigfd, struct container *k)
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		if (pid == k->pid)
 			k->status = status, k->reaped = 1;
-		for (int i = 0; i < MAX_EXECS; i++)
+		for (int i = 1; i < MAX_EXECS; i++)
 			if (execs[i].used && execs[i].pid == pid) {
 				execs[i].reaped = 1, execs[i].code = code_of(status);
-				exec_done_if_finished(&execs[i]);
+				exec_done_if_finished(i, &execs[i]);
 			}
 	}
 }
@@ -913,19 +1118,15 @@ int main(int argc, char **argv)
 			dprintf(ctl, "exit %d\n", code_of(k.status));
 			power_off();
 		}
-		struct pollfd p[8 + 3 * MAX_EXECS];
+		static struct pollfd p[8 + 4 * MAX_EXECS];
 		int n = 0;
 		p[n++] = (struct pollfd){ctl, POLLIN, 0};
 		p[n++] = (struct pollfd){sigfd, POLLIN, 0};
 		p[n++] = (struct pollfd){started[0] < 0 ? exec_port : started[0], POLLIN, 0};
 		p[n++] = (struct pollfd){k.tty_sock, POLLIN, 0};
-		p[n++] = (struct pollfd){k.master, POLLIN, 0};
-		p[n++] = (struct pollfd){k.master >= 0 ? k.in : -1, POLLIN, 0};
-		for (int i = 0; i < MAX_EXECS; i++) {
-			p[n++] = (struct pollfd){execs[i].used ? execs[i].out : -1, POLLIN, 0};
-			p[n++] = (struct pollfd){execs[i].used ? execs[i].err : -1, POLLIN, 0};
-			p[n++] = (struct pollfd){execs[i].used ? execs[i].master : -1, POLLIN, 0};
-		}
+		p[n++] = (struct pollfd){k.master, (short)(POLLIN | (k.queued ? POLLOUT : 0)), 0};
+		p[n++] = (struct pollfd){k.master >= 0 && !k.queued ? k.in : -1, POLLIN, 0};
+		n = exec_poll_set(p, n);
 		if (poll(p, (nfds_t)n, -1) < 0)
 			continue;
 		if (p[0].revents)
@@ -948,21 +1149,15 @@ int main(int argc, char **argv)
 			close(k.tty_sock), k.tty_sock = -1;
 			if (k.master >= 0 && k.have_winsize)
 				set_winsize(k.master, k.winsize);
+			if (k.master >= 0)
+				fcntl(k.master, F_SETFL, O_NONBLOCK); /* see tty_input */
 		}
-		if (p[4].revents && pump(k.master, k.out, 0, 0) < 0)
+		if (p[4].revents & POLLOUT)
+			tty_input(&k, -1);
+		if ((p[4].revents & ~POLLOUT) && pump(k.master, k.out, 0, 0, sizeof(k.queue)) < 0)
 			close(k.master), k.master = -1;
-		if (p[5].revents && k.master >= 0 && pump(k.in, k.master, 0, 0) < 0)
-			close(k.in), k.in = -1; /* stdin's end: the terminal stays, as with docker run -t */
-		for (int i = 0; i < MAX_EXECS; i++) {
-			struct exec *e = &execs[i];
-			struct pollfd *q = &p[6 + 3 * i];
-			if (q[0].revents && pump(e->out, -1, F_STDOUT, e->id) < 0)
-				close(e->out), e->out = -1;
-			if (q[1].revents && pump(e->err, -1, F_STDERR, e->id) < 0)
-				close(e->err), e->err = -1;
-			if (q[2].revents && pump(e->master, -1, F_STDOUT, e->id) < 0)
-				close(e->master), e->master = -1;
-			exec_done_if_finished(e);
-		}
+		if (p[5].revents && k.master >= 0)
+			tty_input(&k, k.in);
+		exec_serve(p);
 	}
 }

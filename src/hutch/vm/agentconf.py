@@ -18,7 +18,7 @@ from hutch.runtime.users import ExecUser
 
 ARG, ENV, CWD, UID, GID, GROUP, RLIMIT, CAPS, NNP, SECCOMP, SECCOMP_FLAGS, TTY, ROOT = range(1, 14)
 # The root's set-up steps, done by the agent in order in the container's mount namespace (vm/script.py).
-MKDIR, MOUNT, WRITE, DEVICES, HOSTNAME, MODULES, MASK, READONLY = range(14, 22)
+MKDIR, MOUNT, WRITE, DEVICES, HOSTNAME, MODULES, MASK, READONLY, MKNOD = range(14, 23)
 # OCI seccomp flags -> seccomp(2) flag bits (linux/seccomp.h)
 _SECCOMP_FLAGS = {
     "SECCOMP_FILTER_FLAG_TSYNC": 1,
@@ -55,6 +55,11 @@ def write(path: str, content: str) -> bytes:
 def devices(directory: str) -> bytes:
     """Docker's standard device nodes, symlinks and subdirectories in ``directory`` (a fresh tmpfs)."""
     return _text(DEVICES, directory)
+
+
+def char_device(path: str, mode: int, major: int, minor: int, uid: int, gid: int) -> bytes:
+    """A character device node at ``path`` (one already there is replaced), with its mode and owner."""
+    return _record(MKNOD, struct.pack("<5I", mode, major, minor, uid, gid) + path.encode() + b"\0")
 
 
 def hostname(name: str) -> bytes:

@@ -85,12 +85,17 @@ def start(
     stage2 = script.stage2(spec, layers, volumes, nic)  # a bad --user fails here, before anything is made
     if nic is not None:
         parts["nic"] = nic
-    config = script.agent_config(spec, layers, seccomp_program, volumes=volumes)
-    stage = agentconf.block(script.stage_records(spec, seccomp_program))
-    shares = virtiofs.shares(state_dir.name, volumes)
-    ours, theirs = supervisor.port_pairs()
+    # why before the config copies /etc/hosts: a peer joining from now on is an event the supervisor sees
+    hosts_watch = _watch_hosts(spec) if nic is not None else None
     master = slave = None
+    ours: dict = {}
+    theirs: dict = {}
+    shares: list = []  # (so that the clean-up below holds whatever was made before a failure)
     try:
+        config = script.agent_config(spec, layers, seccomp_program, volumes=volumes)
+        stage = agentconf.block(script.stage_records(spec, seccomp_program))
+        shares = virtiofs.shares(state_dir.name, volumes)
+        ours, theirs = supervisor.port_pairs()
         if settings.template:
             _template_for(settings, parts, cache, state_dir, stage)
         tty = bool(spec["process"].get("terminal"))
@@ -98,7 +103,7 @@ def start(
             master, slave = supervisor.host_pty()
             stdio = (slave, slave, slave)
         launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
-        launch.config, launch.tty = config, tty
+        launch.config, launch.tty, launch.hosts_watch = config, tty, hosts_watch
         launch.stage = b"" if parts.get("template") else stage
         launch.exec_name = frames.socket_name(state_dir.name)
         proc = _fork_supervisor(launch, ours, theirs, cgroup, die_with_parent)
@@ -107,9 +112,24 @@ def start(
     finally:
         for s in (*ours.values(), *theirs.values(), *(share.sock for share in shares)):
             s.close()  # a second close (after the fork) is a no-op
-        for fd in (master, slave):
+        for fd in (master, slave, hosts_watch and hosts_watch[0]):
             if fd is not None:
                 os.close(fd)
+
+
+def _watch_hosts(spec: dict) -> tuple[int, str] | None:
+    """An inotify fd on the container's host-side hosts file, which the network layer rewrites in place
+    when peers join or leave its user networks, and the file's path: the supervisor sends each new
+    version into the guest, whose copy of the file is its own (see vm/frames.py's HOSTS)."""
+    from hutch.linux import syscalls as sc
+
+    for m in spec.get("mounts", []):
+        if m["destination"] == "/etc/hosts" and m.get("type") == "bind":
+            try:
+                return sc.inotify_watch(m["source"], sc.IN_CLOSE_WRITE), m["source"]
+            except OSError as err:
+                raise HutchError(f"cannot watch {m['source']} for the microVM: {err.strerror or err}")
+    return None
 
 
 def _timeout(settings: VmSettings, parts: dict) -> float:
@@ -199,6 +219,7 @@ def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, opt
         daemon_log=str(state_dir / "virtiofsd.log"),
         restore=parts.get("template"),
         tap_fd=parts["nic"]["fd"] if parts.get("nic") else -1,
+        hosts_watch=None,
         config=b"",
         tty=False,
         exec_name=b"",
@@ -234,6 +255,8 @@ def _supervisor_child(launch, ours, theirs, report: int, cgroup, die_with_parent
         keep.update(fd for _argv, fd in launch.daemons)
         if launch.tap_fd >= 0:
             keep.add(launch.tap_fd)
+        if launch.hosts_watch is not None:
+            keep.add(launch.hosts_watch[0])
         # why: the supervisor never execs, so an fd it inherits stays open for the container's lifetime;
         # a caller's pipe (the detached monitor's start-up report) would then never see EOF and hang run -d.
         close_extra_fds(*keep)

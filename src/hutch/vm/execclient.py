@@ -68,7 +68,8 @@ def spawn(
 
 
 def _relay(sock: socket.socket, stdio: tuple[int, int, int], tty: bool) -> int:
-    """Stdin and signals to the guest, output back, until the EXIT frame: its code is ours."""
+    """Stdin (within the agent's credit, vm/frames.py) and signals to the guest, output back (credited
+    once written), until the EXIT frame: its code is ours."""
     stdin, out, err = stdio
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -83,8 +84,10 @@ def _relay(sock: socket.socket, stdio: tuple[int, int, int], tty: bool) -> int:
         fcntl.ioctl(stdin, termios.TIOCSCTTY, 0)  # the caller's size changes arrive as SIGWINCH
         _send_winch(sock, stdin)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
-    readers, buf = [sock.fileno(), stdin, wake_r], bytearray()
+    buf, credit, owed, stdin_open = bytearray(), frames.WINDOW, 0, True
     while True:
+        # why stdin only with credit: the guest keeps at most a window of unread stdin per exec
+        readers = [sock.fileno(), wake_r] + ([stdin] if stdin_open and credit > 0 else [])
         try:
             ready, _, _ = select.select(readers, [], [])
         except InterruptedError:
@@ -96,11 +99,10 @@ def _relay(sock: socket.socket, stdio: tuple[int, int, int], tty: bool) -> int:
                 else:
                     _send(sock, frames.pack(frames.SIGNAL, 0, struct.pack("<i", signum)))
         if stdin in ready:
-            data = read_some(stdin)
-            for at in range(0, max(len(data), 1), frames.MAX_PAYLOAD):
-                _send(sock, frames.pack(frames.STDIN, 0, data[at : at + frames.MAX_PAYLOAD]))
-            if not data:
-                readers.remove(stdin)
+            data = read_some(stdin, credit)
+            credit -= len(data)
+            _send(sock, frames.pack(frames.STDIN, 0, data))  # empty: EOF
+            stdin_open = bool(data)
         if sock.fileno() in ready:
             data = read_some(sock.fileno())
             if not data:
@@ -109,6 +111,12 @@ def _relay(sock: socket.socket, stdio: tuple[int, int, int], tty: bool) -> int:
             for kind, _, payload in frames.split(buf):
                 if kind in (frames.STDOUT, frames.STDERR):
                     write_all(out if kind == frames.STDOUT else err, payload)
+                    owed += len(payload)
+                    if owed >= frames.CREDIT_BATCH:
+                        _send(sock, frames.credit(0, owed))
+                        owed = 0
+                elif kind == frames.CREDIT:
+                    credit += int.from_bytes(payload, "little")
                 elif kind == frames.EXIT:
                     return struct.unpack("<i", payload)[0]
 

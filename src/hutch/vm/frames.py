@@ -5,15 +5,33 @@ execs cannot get ports of their own. Instead one port, ``hutch.exec``, carries f
 ``{u8 type, u8 id, u16 0, u32 length}`` + payload, little-endian, in both directions. ``hutch exec`` speaks
 the same frames to the VM's supervisor over a unix socket; the supervisor only rewrites the id (one per
 connected client) and routes. The guest agent (``native/vmagent.c``) starts, feeds and reaps the processes.
+
+Flow control, as SSH channel windows: all execs share the port, so no process may hold it up. Each
+direction starts with WINDOW bytes of credit per exec (implicit, as HTTP/2's initial window: stdin flows
+while the process is being started); the agent grants more stdin with CREDIT frames (a u32 of bytes) for
+what the process took, and the client sends no more stdin than it was granted; the agent keeps what a
+process has not read yet (at most a window) and never blocks on it. Output the other way: the agent reads
+a process's output only while the client's credit lasts, and the client sends CREDIT for what it wrote
+out. HOSTS (id 0, supervisor to agent) carries a new /etc/hosts for the container.
 """
 
 from __future__ import annotations
 
 import struct
 
-START, STDIN, SIGNAL, WINCH, STDOUT, STDERR, EXIT = range(1, 8)
+START, STDIN, SIGNAL, WINCH, STDOUT, STDERR, EXIT, CREDIT, HOSTS = range(1, 10)
 HEADER = struct.Struct("<BBHI")
-MAX_PAYLOAD = 1 << 19  # the agent's buffer holds 1 MiB; stdin is sent in smaller pieces
+MAX_FRAME = 1 << 20  # the agent's receive buffer: a larger frame could never be taken in
+WINDOW = 128 << 10  # each exec's first credit, both ways: must equal WINDOW in native/vmagent.c
+# Credit is returned in batches (fewer frames through the relays): a quarter of the window, so a sender
+# never waits on an unsent batch.
+CREDIT_BATCH = WINDOW // 4
+UNLIMITED = 0xFFFFFFFF  # an output credit that lets the agent drain an exec whose client is gone
+
+
+def credit(ident: int, count: int) -> bytes:
+    """A CREDIT frame: ``count`` more bytes may flow for ``ident``."""
+    return pack(CREDIT, ident, count.to_bytes(4, "little"))
 
 
 def pack(kind: int, ident: int, payload: bytes = b"") -> bytes:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 
 
-def read_some(fd: int) -> bytes:
-    """What ``fd`` has (up to 64 KiB); b"" at EOF or on an error, which the caller treats as EOF."""
+def read_some(fd: int, limit: int = 65536) -> bytes:
+    """What ``fd`` has (up to ``limit``, at most 64 KiB); b"" at EOF or on an error, which the caller
+    treats as EOF."""
     try:
-        return os.read(fd, 65536)
+        return os.read(fd, min(limit, 65536))
     except OSError:
         return b""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hutch.runtime.users import ExecUser, resolve_user
 from hutch.vm import agentconf
+from hutch.vm import devices as guest_devices
 
 # mount(2) flags (linux/mount.h); hutch.linux.syscalls has them too, but loads libc through ctypes
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_MOVE = 1, 2, 4, 8, 32, 8192
@@ -160,6 +161,7 @@ def setup_records(spec: dict, volumes: list[dict] | None = None) -> list[bytes]:
     records = [agentconf.mkdir(ROOT + sub) for sub in ("/proc", "/dev", "/sys", "/tmp", cwd)]
     records += [
         *(agentconf.mount("", STAGE + top, ROOT + top, MS_MOVE) for top in STAGED),
+        *guest_devices.records(spec.get("linux", {}).get("devices", []), ROOT),
         *_etc_records(spec),
         *_tmpfs_records(spec),
         *_volume_records(volumes or []),

@@ -59,6 +59,7 @@ class Launch:
         "daemon_log",
         "restore",
         "tap_fd",
+        "hosts_watch",
         "config",
         "tty",
         "exec_name",
@@ -70,7 +71,8 @@ class Launch:
         # daemons: (argv, listening fd) of each virtiofsd; exec_name: the socket `hutch exec` connects to;
         # stage: the container's staged mounts (vm/script.py), sent first on a cold boot (a template's
         # clone has them already);
-        # tap_fd: the network card's TAP device (-1: none), inherited by QEMU only.
+        # tap_fd: the network card's TAP device (-1: none), inherited by QEMU only; hosts_watch: an
+        # inotify fd on the container's hosts file and its path (None: no user network to follow).
         for name in self.__slots__:
             setattr(self, name, values[name])
 
@@ -292,7 +294,7 @@ def _follow_window_size(ctl: socket.socket) -> None:
 def _exec_listener(name: bytes) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     listener.bind(name)
-    listener.listen(16)
+    listener.listen(128)
     return listener
 
 
@@ -300,7 +302,9 @@ def _relay(
     launch: Launch, ports: dict[str, socket.socket], listener: socket.socket, qemu_pid: int
 ) -> int | None:
     """Copy stdio until the guest's ports close (QEMU exited); the guest's "exit N", if it sent one.
-    ``hutch exec`` clients connecting to ``listener`` are routed to and from the exec port.
+    ``hutch exec`` clients connecting to ``listener`` are routed to and from the exec port. Nothing here
+    blocks on the guest: the container's stdin waits in ``pending`` while the guest does not take it (and
+    the caller's stdin is not read meanwhile), the router keeps its own queues.
 
     Without volumes QEMU is killed as soon as "exit N" arrives, rather than waiting for the guest to
     sync and reset (~35 ms of TCG): the guest has nothing left to save (its writable layer is a tmpfs),
@@ -313,29 +317,45 @@ def _relay(
     stdin_sock = ports["hutch.stdin"]
     router = ExecRouter(ports["hutch.exec"], listener)
     readers = [ctl.fileno(), *sinks, *router.fds()]
+    watch_fd, hosts_path = launch.hosts_watch or (-1, "")
+    if watch_fd >= 0:
+        readers.append(watch_fd)
     if launch.interactive:
         readers.append(stdin_fd)
+        stdin_sock.setblocking(False)
     else:
         stdin_sock.close()
     code = None
-    ctl_buf = b""
+    ctl_buf, pending, stdin_eof = b"", bytearray(), False
     while ctl.fileno() in readers or any(fd in readers for fd in sinks):
+        watch = [fd for fd in readers if not (pending and fd == stdin_fd)]
+        writers = router.writers() + ([stdin_sock.fileno()] if pending else [])
         try:
-            ready, _, _ = select.select(readers, [], [])
+            ready, writable, _ = select.select(watch, writers, [])
         except InterruptedError:
             continue
+        for fd in writable:
+            if pending and fd == stdin_sock.fileno():
+                _push(stdin_sock, pending)
+            else:
+                router.flush(fd, readers)
+        if stdin_eof and not pending:
+            # why shutdown, not close: a close is a hang-up, and QEMU drops whatever the guest has not
+            # read yet; a half-close lets it read the rest, then see EOF and tell the guest.
+            _shutdown(stdin_sock)
+            stdin_eof = False
         for fd in ready:
             if fd not in readers or router.handle(fd, readers):
                 continue  # (a client dropped earlier in this round, or the router's)
             data = read_some(fd)
-            if fd == stdin_fd:
-                if data:
-                    _send(stdin_sock, data)
-                else:
+            if fd == watch_fd:
+                _hosts_changed(router, hosts_path)
+            elif fd == stdin_fd:
+                pending += data
+                _push(stdin_sock, pending)
+                if not data:
                     readers.remove(fd)
-                    # why shutdown, not close: a close is a hang-up, and QEMU drops whatever the guest
-                    # has not read yet; a half-close lets it read the rest, then see EOF and tell the guest.
-                    stdin_sock.shutdown(socket.SHUT_WR)
+                    stdin_eof = True
             elif not data:
                 readers.remove(fd)
             elif fd in sinks:
@@ -353,17 +373,86 @@ def _relay(
     return code
 
 
+def _hosts_changed(router: ExecRouter, path: str) -> None:
+    """The network layer rewrote the container's hosts file (in place, under its lock, so a close ends a
+    whole version): the guest gets the new content, written by its agent into the container's root."""
+    from hutch.vm import frames
+
+    try:
+        with open(path, "rb") as f:
+            content = f.read(frames.MAX_FRAME)
+    except OSError:
+        return  # the container is being removed
+    router.send_to_guest(frames.pack(frames.HOSTS, 0, content))
+
+
+def _push(sock: socket.socket, queue: bytearray) -> bool:
+    """Send what ``sock`` (non-blocking) takes from the head of ``queue``; False once the peer is gone
+    (the queue is then emptied: nobody will read it)."""
+    while queue:
+        try:
+            sent = sock.send(queue)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            queue.clear()
+            return False
+        del queue[:sent]
+    return True
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """What the non-blocking ``sock`` has: None if nothing yet, b"" at EOF or on an error."""
+    try:
+        return sock.recv(1 << 18)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class _Client:
+    """One ``hutch exec`` connection: its id on the port, what it sent that is not yet a whole frame,
+    what waits to be sent to it, and how much stdin the agent will still take from it."""
+
+    __slots__ = ("sock", "ident", "inbuf", "outbuf", "credit", "closing")
+
+    def __init__(self, sock: socket.socket, ident: int) -> None:
+        self.sock, self.ident = sock, ident
+        from hutch.vm import frames
+
+        self.inbuf, self.outbuf = bytearray(), bytearray()
+        self.credit, self.closing = frames.WINDOW, False
+
+
 class ExecRouter:
     """Routes the frames of ``hutch exec`` clients (vm/frames.py) to the guest's exec port and back: each
-    client gets an id, rewritten into its frames; a client that goes away has its process killed."""
+    client gets an id, rewritten into its frames. Every socket is non-blocking with a queue of its own, so
+    one slow client or process never holds up the others; the queues stay bounded because stdin flows
+    only within the agent's credit and output within the client's. An id stays taken until its EXIT has
+    come: a client that goes away has its process killed, and its output drained and dropped."""
 
     def __init__(self, port: socket.socket, listener: socket.socket) -> None:
         self.port, self.listener = port, listener
-        self.port_buf = bytearray()
-        self.clients: dict[int, tuple[socket.socket, int, bytearray]] = {}  # fd -> (sock, id, buffer)
+        port.setblocking(False)
+        self.port_in, self.port_out = bytearray(), bytearray()
+        self.clients: dict[int, _Client] = {}  # fd -> client
+        self.owners: dict[int, _Client | None] = {}  # id -> its client; None: gone, the exec not ended yet
 
     def fds(self) -> list[int]:
         return [self.port.fileno(), self.listener.fileno()]
+
+    def writers(self) -> list[int]:
+        """The sockets with something queued for them."""
+        fds = [fd for fd, client in self.clients.items() if client.outbuf]
+        return fds + [self.port.fileno()] if self.port_out else fds
 
     def handle(self, fd: int, readers: list[int]) -> bool:
         """Serve ``fd`` if it is one of ours; False otherwise."""
@@ -372,23 +461,53 @@ class ExecRouter:
         if fd == self.listener.fileno():
             self._accept(readers)
         elif fd == self.port.fileno():
-            data = read_some(fd)
+            data = _recv(self.port)
+            if data is None:
+                return True
             if not data:
                 readers.remove(fd)
-            self.port_buf += data
-            for kind, ident, payload in frames.split(self.port_buf):
+            self.port_in += data
+            for kind, ident, payload in frames.split(self.port_in):
                 self._to_client(kind, ident, payload, readers)
         elif fd in self.clients:
-            sock, ident, buf = self.clients[fd]
-            data = read_some(fd)
-            if not data:
-                _send(self.port, frames.pack(frames.SIGNAL, ident, (9).to_bytes(4, "little")))
-                self._drop(fd, readers)
-            buf += data
-            for kind, _, payload in frames.split(buf):
-                _send(self.port, frames.pack(kind, ident, payload))
+            client = self.clients[fd]
+            data = _recv(client.sock)
+            if data is None:
+                return True  # why: the fd of a client dropped this round, already reused by a new one
+            client.inbuf += data
+            for kind, _, payload in frames.split(client.inbuf):
+                if not self._from_client(client, kind, payload):
+                    data = b""  # a protocol breach: as if it had gone
+                    break
+            if not data or len(client.inbuf) > frames.MAX_FRAME + frames.HEADER.size:
+                self._drop(client, readers)
         else:
             return False
+        return True
+
+    def flush(self, fd: int, readers: list[int]) -> None:
+        """``fd`` can take more of its queue."""
+        if fd == self.port.fileno():
+            _push(self.port, self.port_out)
+        elif fd in self.clients:
+            client = self.clients[fd]
+            if not _push(client.sock, client.outbuf) or (client.closing and not client.outbuf):
+                self._drop(client, readers)
+
+    def send_to_guest(self, data: bytes) -> None:
+        self.port_out += data
+        _push(self.port, self.port_out)
+
+    def _from_client(self, client: _Client, kind: int, payload: bytes) -> bool:
+        from hutch.vm import frames
+
+        if kind == frames.STDIN:
+            if len(payload) > client.credit:
+                return False
+            client.credit -= len(payload)
+        elif kind not in (frames.START, frames.SIGNAL, frames.WINCH, frames.CREDIT):
+            return False
+        self.send_to_guest(frames.pack(kind, client.ident, payload))
         return True
 
     def _accept(self, readers: list[int]) -> None:
@@ -396,33 +515,50 @@ class ExecRouter:
 
         sock, _ = self.listener.accept()
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        used = {ident for _, ident, _ in self.clients.values()}
-        free = [i for i in range(1, 256) if i not in used]
+        free = next((i for i in range(1, 256) if i not in self.owners), None)
         # why the uid check: the socket is abstract, so file permissions cannot guard it
-        if struct.unpack("3i", creds)[1] != os.geteuid() or not free:
+        if struct.unpack("3i", creds)[1] != os.geteuid() or free is None:
             sock.close()
             return
-        self.clients[sock.fileno()] = (sock, free[0], bytearray())
+        sock.setblocking(False)
+        client = _Client(sock, free)
+        self.clients[sock.fileno()] = self.owners[free] = client
         readers.append(sock.fileno())
 
     def _to_client(self, kind: int, ident: int, payload: bytes, readers: list[int]) -> None:
         from hutch.vm import frames
 
-        for fd, (sock, owner, _) in list(self.clients.items()):
-            if owner == ident:
-                _send(sock, frames.pack(kind, ident, payload))
-                if kind == frames.EXIT:
-                    self._drop(fd, readers)
+        client = self.owners.get(ident)
+        if kind == frames.EXIT:
+            self.owners.pop(ident, None)
+        if client is None:
+            return  # its client is gone: dropped
+        if kind == frames.CREDIT:
+            client.credit += int.from_bytes(payload, "little")
+        client.outbuf += frames.pack(kind, ident, payload)
+        if kind == frames.EXIT:
+            client.closing = True
+            if client.sock.fileno() in readers:
+                readers.remove(client.sock.fileno())
+        self.flush(client.sock.fileno(), readers)
 
-    def _drop(self, fd: int, readers: list[int]) -> None:
-        sock = self.clients.pop(fd)[0]
+    def _drop(self, client: _Client, readers: list[int]) -> None:
+        """Close a client; a process still running for it is killed, its output drained and dropped."""
+        from hutch.vm import frames
+
+        fd = client.sock.fileno()
+        if self.owners.get(client.ident) is client:
+            self.owners[client.ident] = None
+            kill = frames.pack(frames.SIGNAL, client.ident, (9).to_bytes(4, "little"))
+            self.send_to_guest(kill + frames.credit(client.ident, frames.UNLIMITED))
+        self.clients.pop(fd, None)
         if fd in readers:
             readers.remove(fd)
-        sock.close()
+        client.sock.close()
 
     def close(self) -> None:
-        for sock, _, _ in self.clients.values():
-            sock.close()
+        for client in self.clients.values():
+            client.sock.close()
         self.listener.close()
 
 
