@@ -44,7 +44,11 @@ def shell_session(argv: list[str], env: dict) -> tuple[bytes, bytes, int]:
         read_until(master, b"# ")  # ash discards typeahead while it starts line editing
         os.write(master, b"tty; stty size; echo $TERM; echo marker-$((6*7))\r")
         answers = read_until(master, b"marker-42")
-        os.write(master, b"sleep 100\r")
+        # why the marker: on a loaded host (a TCG guest on a busy core) a fixed pause can end before the
+        # shell has even read the line, and a Ctrl-C that reaches the line editor instead of sleep is
+        # not the interrupt this checks. The pause after it covers sleep's fork and exec.
+        os.write(master, b"echo sleeping-$((2*3)); sleep 100\r")
+        read_until(master, b"sleeping-6\r\n")
         time.sleep(0.5)
         os.write(master, b"\x03")  # Ctrl-C interrupts sleep, the shell survives
         os.write(master, b"echo after-$((1+1))\r")
