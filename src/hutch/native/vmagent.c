@@ -1,18 +1,21 @@
 /*
- * hutch-vmagent: pid 1 of a microVM guest once its init script has mounted the container's root.
+ * hutch-vmagent: pid 1 of a microVM guest, from just before the guest is ready for a container.
  *
- * The guest's busybox init (hutch/vm/data/init.sh) loads modules, finds the virtio-serial ports, reads the
- * container's stage-2 mount script and mounts the root, then execs this program with the control port on fd 3.
- * It gives a container in a VM the same process set-up a namespace container gets from hutch/runtime/init.py,
- * which busybox cannot: supplementary groups, rlimits, the capability sets, no_new_privs and the seccomp
- * filter (classic BPF compiled on the host: guest and host are both x86_64). It then stays as the guest's
- * init to forward signals, relay a pty (-t), run `hutch exec` requests, report the exit status and power off.
+ * The guest's busybox init (hutch/vm/data/init.sh) loads modules and finds the virtio-serial ports, then
+ * execs this program with the control port on fd 3. It gives a container in a VM the same set-up a
+ * namespace container gets from hutch/runtime/init.py, which busybox cannot: the root built with system
+ * calls, supplementary groups, rlimits, the capability sets, no_new_privs and the seccomp filter (classic
+ * BPF compiled on the host: guest and host are both x86_64). It then stays as the guest's init to forward
+ * signals, relay a pty (-t), run `hutch exec` requests, report the exit status and power off.
  *
  * Usage: hutch-vmagent IN OUT ERR (fd 3: the control port; IN may be "" for none)
  *
- * Control port, host -> guest: "SIZE\n" + the stage-2 script, a config (u32 length + records, see
- * hutch/vm/agentconf.py), then lines "signal N" and "winch ROWS COLS". Guest -> host: "up" (or
- * "fail WHY") once the root is mounted, and "exit N".
+ * Control port, host -> guest: the stage (u32 length + set-up records: the container's /proc, /sys and
+ * /dev under /stage, and its seccomp filter; see hutch/vm/script.py stage_records), which the container's
+ * pid 1 builds before this program says "ready" (a template is saved there: a clone has it); then, read
+ * by that pid 1 itself, "SIZE\n" + the stage-2 script and a config (u32 length + records, see
+ * hutch/vm/agentconf.py); then, read here, lines "signal N" and "winch ROWS COLS". Guest -> host:
+ * "ready", "up" (or "fail WHY") once the root is mounted, and "exit N".
  * Exec port ("hutch.exec"): frames {u8 type, u8 id, u16 0, u32 length} + payload (see hutch/vm/frames.py).
  * Each exec's stdin and output flow in windows of WINDOW bytes (CREDIT frames), so one process that stops
  * reading or one client that stops taking output never blocks this loop: nothing here blocks but the

@@ -42,10 +42,9 @@ until [ -n "$CTL" ] && [ -n "$IN" ] && [ -n "$OUT" ] && [ -n "$ERR" ]; do
 done
 exec 3<>"$CTL"
 mkdir -p /rw/upper /rw/work
-# The guest agent takes over as pid 1 (hutch/native/vmagent.c): it says "ready" (a template is saved at
-# that point; the image's disk is read only after the config arrives, so a restored clone can be handed
-# another image's disk), reads the stage-2 script and the
-# process config from the control port, mounts the erofs disk under the overlay, says "up", runs the
-# script in the container's new pid, mount, uts and ipc namespaces, sets up and execs the command,
-# forwards signals, relays a pty and `hutch exec`s, reports "exit N" and powers off.
+# The guest agent takes over as pid 1 (hutch/native/vmagent.c): it reads the stage, has the container's
+# pid 1 build it, and says "ready" (a template is saved at that point; the image's disk is read only
+# after the config arrives, so a restored clone can be handed another image's disk). The container's pid
+# 1 then reads its config, mounts the erofs disk under the overlay, says "up" and execs the command; the
+# agent forwards signals, relays a pty and `hutch exec`s, reports "exit N" and powers off.
 exec /bin/hutch-vmagent "$IN" "$OUT" "$ERR"
