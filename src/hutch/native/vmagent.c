@@ -1080,8 +1080,9 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &chld, NULL);
 	int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
 	int self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
-	/* why: an exec must join the container once its root is "/"; before, it would see the initramfs. The
-	 * child's copy of the write end closes when it execs the command (close-on-exec): EOF means started. */
+	/* started: an exec must join the container once its root is "/"; before, it would see the initramfs.
+	 * The child's copy of the write end closes when it execs the command (close-on-exec): EOF means started.
+	 * staged: the child's byte once its stage is built, then one once it has read its config. */
 	int staged[2];
 	if (pipe2(started, O_CLOEXEC) < 0 || pipe2(staged, O_CLOEXEC) < 0)
 		fail("pipe");

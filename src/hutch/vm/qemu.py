@@ -82,7 +82,8 @@ def command(
         "chardev:con",
     ]
     if disk is not None:
-        # Named nodes (not -drive), so a restored template can swap the file under "root" over QMP.
+        # A read-only raw file behind virtio-blk: the placeholder while a template boots, the image's
+        # erofs disk in a clone of it and in a cold boot.
         argv += [
             "-blockdev",
             f"driver=file,node-name=disk,filename={disk},read-only=on",

@@ -1,11 +1,11 @@
 """Pre-booted templates: boot a guest once, save it, and start each container by restoring a clone.
 
 Firecracker's snapshots and Kata's VM templating, with QEMU's own migration: a guest is booted once per
-(kernel, initramfs, memory, vCPUs, accelerator) until its init says ``ready`` (modules loaded, ports found,
-waiting for a container's config; the disk not yet read), then stopped and ``migrate``d into a file. A
-container then starts QEMU with the same devices, the image's erofs disk where the template had its
-placeholder, and ``-incoming defer``; loads that file; and the guest, resumed, reads its config and
-mounts the disk as after a cold boot.
+(kernel, initramfs, memory, vCPUs, accelerator, card, stage) until its agent says ``ready`` (modules
+loaded, ports found, the container's pid 1 staged and waiting for its config; the disk not yet read),
+then ``migrate``d, running, into a file. A container then starts QEMU with the same devices, the image's
+erofs disk where the template had its placeholder, and ``-incoming defer``; loads that file; and the
+guest, resumed, reads its config and mounts the disk as after a cold boot.
 The template's RAM is a file the clones map privately (``x-ignore-shared``): the saved state is ~60 KB
 instead of 65 MB, a restore does not copy the RAM, and clones share the pages they only read.
 
