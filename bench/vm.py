@@ -17,7 +17,8 @@
   to command. A bare QEMU's start is in its launch-to-exit (it has no QMP to ask).
 - host memory: PSS of QEMU (and of hutch's supervisor) for one idle detached guest (a template clone),
   the mean over several idle clones at once (they share the template's RAM file and QEMU's own pages),
-  that mean without the guest RAM mapping ("beyond the guest's own use", the budget), and a bare idle QEMU.
+  that mean without the guest RAM mapping ("beyond the guest's own use", the budget), and a bare idle QEMU;
+  and the host CPU one idle clone and the bare idle QEMU burn (% of a core over 5 s).
 
     .venv/bin/python bench/vm.py [--runs 5] [--accel tcg] [--clones 4] [--json out.json]
 
@@ -173,6 +174,20 @@ def guest_ram_pss_kib(pid: int) -> int:
     return total
 
 
+def cpu_percent(pid: int, seconds: float = 5.0) -> float:
+    """Host CPU an idle process burns (utime + stime over ``seconds``), in % of one core: an idle guest
+    that still ticks at 250 Hz costs ~7% under TCG, a tickless one ~1% (the density of idle guests)."""
+
+    def ticks() -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    before = ticks()
+    time.sleep(seconds)
+    return round((ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds * 100, 1)
+
+
 def detached(root: Path, accel: str) -> tuple[str, int, int]:
     """An idle detached guest from the template: its id, supervisor pid and QEMU pid. No network card,
     as the bare QEMU it is compared with has none (a card adds ~10 MiB: bench/vm_network.py)."""
@@ -194,6 +209,7 @@ def idle_memory(root: Path, accel: str, clones: int) -> dict:
         _, supervisor, qemu_pid = started[0]
         result = {"hutch_qemu_pss_kib": pss_kib(qemu_pid), "hutch_supervisor_pss_kib": pss_kib(supervisor)}
         result["hutch_qemu_beyond_guest_ram_kib"] = result["hutch_qemu_pss_kib"] - guest_ram_pss_kib(qemu_pid)
+        result["hutch_idle_qemu_cpu_percent"] = cpu_percent(qemu_pid)
         while len(started) < clones:
             started.append(detached(root, accel))
         time.sleep(3)
@@ -208,6 +224,7 @@ def idle_memory(root: Path, accel: str, clones: int) -> dict:
     try:
         time.sleep(6)
         result["bare_qemu_pss_kib"] = pss_kib(bare.pid)
+        result["bare_idle_qemu_cpu_percent"] = cpu_percent(bare.pid)
     finally:
         bare.kill()
         bare.wait()

@@ -61,6 +61,17 @@ def test_echo_hi_from_a_template_clone(hutch, busybox):
     assert list(disks.glob("*.erofs")) == []  # the image's microVM disk goes with the image
 
 
+def test_an_idle_guest_stops_its_timer_tick(hutch, busybox):
+    # A periodic 250 Hz tick would be 500 timer interrupts in 2 s: each costs the host CPU, for
+    # every idle guest. With an always-running APIC timer (ARAT) the kernel goes tickless when idle.
+    count = "set -- $(grep intr /proc/stat); echo $2"  # every interrupt since boot
+    script = f"a=$({count}); sleep 2; b=$({count}); echo $((b - a))"
+    result = hutch("run", "--rm", *VM, busybox, "sh", "-c", script, timeout=120)
+    assert result.code == 0, result.err
+    assert int(result.out) < 150, f"{result.out.strip()} timer interrupts in 2 s of sleep"
+    _assert_nothing_left(hutch)
+
+
 def test_clones_keep_all_output_templates_follow_the_security_profile_and_a_broken_one_is_rebuilt(
     hutch, busybox
 ):

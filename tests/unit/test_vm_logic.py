@@ -201,6 +201,9 @@ def test_qemu_command_has_the_measured_recipe():
     joined = " ".join(argv)
     assert "microvm,pit=on,rtc=on" in joined
     assert "tsc_early_khz=2445404" in argv[argv.index("-append") + 1]
+    assert "tsc=reliable" in argv[argv.index("-append") + 1].split()
+    assert argv[argv.index("-cpu") + 1] == "qemu64,+arat"  # tickless when idle under TCG
+    assert qemu.cpu_model("kvm") == "host"
     assert "-nodefaults" in argv and argv[argv.index("-m") + 1] == "128M"
     assert "socket,id=p1,fd=10" in joined and "name=hutch.ctl" in joined
     assert "driver=raw,node-name=root,file=disk,read-only=on" in joined

@@ -26,7 +26,7 @@ from hutch.errors import HutchError
 from hutch.vm.cachekey import short_key
 
 PLACEHOLDER_BYTES = 64 << 30
-VERSION = "3"  # 3: saved while running, so that clones start by themselves
+VERSION = "4"  # 3: saved while running, so that clones start by themselves; 4: an ARAT CPU
 
 
 def placeholder(cache: Path) -> Path:
