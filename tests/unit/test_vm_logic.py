@@ -123,7 +123,6 @@ def test_the_agent_gets_args_env_cwd_and_set_up_steps_verbatim(tmp_path):
     spec = _spec(env=["PATH=/bin", hostile], cwd="/we ird")
     spec["mounts"] = [{"type": "tmpfs", "destination": "/x $(id)", "options": ["rw", "noexec", "size=1m"]}]
     spec["root"] = {"readonly": True}
-    assert script.stage2(spec, [tmp_path]) == ""  # nothing left for busybox sh
     rec = _records(script.agent_config(spec, [tmp_path], None))
     assert b"/newroot/x $(id)\0" in rec[agentconf.MKDIR] and b"/newroot/we ird\0" in rec[agentconf.MKDIR]
     mounts = [(struct.unpack_from("<Q", m)[0], m[8:].split(b"\0")[:4]) for m in rec[agentconf.MOUNT]]
@@ -173,7 +172,7 @@ def test_agent_config_user_groups_caps_limits_and_seccomp(tmp_path):
         script.stage_records(spec, None)
     spec["annotations"]["io.hutch.user"] = "nobody-here"
     with pytest.raises(HutchError, match="unable to find user nobody-here"):
-        script.stage2(spec, [lower, upper])
+        script.agent_config(spec, [lower, upper], program)
 
 
 def test_exec_frames_split_only_complete_frames():

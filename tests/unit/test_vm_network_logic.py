@@ -1,35 +1,47 @@
-"""Pure logic of a microVM's network card: the guest's eth0 script, QEMU's card arguments, the
+"""Pure logic of a microVM's network card: the guest's eth0 records, QEMU's card arguments, the
 initramfs's module lists and the template names of guests with and without a card."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from hutch.vm import initramfs, qemu, script, template
+from hutch.errors import HutchError
+from hutch.vm import agentconf, initramfs, qemu, script, template
 
 NIC = {"fd": 7, "mac": "02:42:0a:50:00:02", "address": "10.80.0.2", "prefixlen": 24, "gateway": "10.80.0.1"}
 
 
-def test_guest_network_script_sets_mac_address_mtu_and_route():
-    lines = script.network(dict(NIC, mtu=1400)).splitlines()
-    assert lines[0] == "set -e"  # a failing step fails the container's start, never half a network
-    assert "ip link set eth0 address 02:42:0a:50:00:02 mtu 1400 up" in lines
-    assert "ip addr add 10.80.0.2/24 broadcast + dev eth0" in lines
-    assert lines[-1] == "ip route add default via 10.80.0.1"
-    internal = script.network(dict(NIC, mtu=1500, gateway=""))
-    assert "route" not in internal  # an --internal network: no default route
+def _steps(records: list[bytes]) -> list[tuple[int, bytes]]:
+    return [(struct.unpack_from("<I", r)[0], r[8:]) for r in records]
 
 
-def test_guest_network_script_quotes_values():
-    text = script.network(dict(NIC, mtu="1500", mac="02:42; reboot"))
-    assert "'02:42; reboot'" in text
-    with pytest.raises(ValueError):
-        script.network(dict(NIC, mtu="1500; reboot"))
+def test_guest_network_records_set_mac_mtu_address_and_route():
+    steps = _steps(script.network_records(dict(NIC, mtu=1400)))
+    assert steps[0] == (agentconf.LINK, struct.pack("<I6s2x", 0, b"") + b"lo\0")
+    mac = bytes.fromhex("02420a500002")
+    assert steps[1] == (agentconf.LINK, struct.pack("<I6s2x", 1400, mac) + b"eth0\0")
+    address = bytes([10, 80, 0, 2]) + bytes([10, 80, 0, 255]) + bytes([24, 0, 0, 0]) + b"eth0\0"
+    assert steps[2] == (agentconf.ADDRESS, address)  # with the broadcast, as `ip addr add ... broadcast +`
+    assert steps[3] == (agentconf.ROUTE, bytes([10, 80, 0, 1]))
+    internal = _steps(script.network_records(dict(NIC, mtu=1500, gateway="")))
+    assert [tag for tag, _ in internal] == [agentconf.LINK, agentconf.LINK, agentconf.ADDRESS]  # --internal
+
+
+def test_guest_network_records_refuse_bad_values():
+    for bad in (
+        {"mac": "02:42; reboot"},
+        {"mtu": "1500; reboot"},
+        {"address": "10.80.0.300"},
+        {"mac": "02:42"},
+    ):
+        with pytest.raises(HutchError, match="network card|MAC"):
+            script.network_records({**NIC, "mtu": 1500, **bad})
 
 
 def test_qemu_card_on_the_inherited_tap_fd():

@@ -13,8 +13,8 @@
  * Control port, host -> guest: the stage (u32 length + set-up records: the container's /proc, /sys and
  * /dev under /stage, and its seccomp filter; see hutch/vm/script.py stage_records), which the container's
  * pid 1 builds before this program says "ready" (a template is saved there: a clone has it); then, read
- * by that pid 1 itself, "SIZE\n" + the stage-2 script and a config (u32 length + records, see
- * hutch/vm/agentconf.py); then, read here, lines "signal N" and "winch ROWS COLS". Guest -> host:
+ * by that pid 1 itself, a config (u32 length + records, see hutch/vm/agentconf.py: the root's set-up
+ * steps, eth0's settings, the process); then, read here, lines "signal N" and "winch ROWS COLS". Guest -> host:
  * "ready", "up" (or "fail WHY") once the root is mounted, and "exit N".
  * Exec port ("hutch.exec"): frames {u8 type, u8 id, u16 0, u32 length} + payload (see hutch/vm/frames.py).
  * Each exec's stdin and output flow in windows of WINDOW bytes (CREDIT frames), so one process that stops
@@ -29,7 +29,9 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/openat2.h>
+#include <linux/rtnetlink.h>
 #include <linux/seccomp.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -53,7 +55,7 @@
 
 enum { T_ARG = 1, T_ENV, T_CWD, T_UID, T_GID, T_GROUP, T_RLIMIT, T_CAPS, T_NNP, T_SECCOMP, T_SECCOMP_FLAGS,
        T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES, T_MASK,
-       T_READONLY, T_MKNOD };
+       T_READONLY, T_MKNOD, T_LINK, T_ADDRESS, T_ROUTE };
 enum { F_START = 1, F_STDIN, F_SIGNAL, F_WINCH, F_STDOUT, F_STDERR, F_EXIT, F_CREDIT, F_HOSTS };
 
 #define MAX_LIST 256
@@ -124,8 +126,6 @@ static int read_all(int fd, void *data, size_t len)
 	return 0;
 }
 
-static void run_stage2(const char *stage2);
-
 /* An immediate reset after the sync (with -no-reboot, QEMU exits): a power-off first shuts every device
  * down and powers off through ACPI, ~40 ms more under TCG, with nothing left to save. A virtio-serial write
  * has returned only once QEMU took the bytes, so "exit N" is out. The power-off stays as the fallback. */
@@ -178,7 +178,7 @@ static int parse_records(unsigned char *buf, uint32_t len, struct config *c)
 		case T_SECCOMP: c->bpf = v; c->bpf_len = n; break;
 		case T_SECCOMP_FLAGS: memcpy(&c->seccomp_flags, v, 4); break;
 		case T_MKDIR: case T_MOUNT: case T_WRITE: case T_DEVICES: case T_HOSTNAME: case T_MODULES: case T_MASK:
-		case T_READONLY: case T_MKNOD:
+		case T_READONLY: case T_MKNOD: case T_LINK: case T_ADDRESS: case T_ROUTE:
 			if (c->nsteps == MAX_STEPS)
 				return -1;
 			c->steps[c->nsteps++] = (struct step){tag, n, v};
@@ -204,8 +204,6 @@ static unsigned char *read_block(int fd, uint32_t *len)
 	return buf;
 }
 
-#define STAGE2 "/stage2"
-
 /* Why a failure here is a "fail" line: before "up" the host is not relaying stderr yet. */
 static void child_fail(const char *what, int err)
 {
@@ -213,21 +211,11 @@ static void child_fail(const char *what, int err)
 	_exit(125);
 }
 
-/* The stage-2 script ("SIZE\n" + text, written to STAGE2) and the config, read by the container's pid 1
- * straight from the control port (the agent reads nothing from it until told, see container_child). */
+/* The config, read by the container's pid 1 straight from the control port (the agent reads nothing from
+ * it until told, see container_child). */
 static void receive_config(struct config *c)
 {
-	char digits[16] = {0};
-	for (size_t i = 0; i < sizeof(digits) - 1; i++)
-		if (read_all(ctl, &digits[i], 1) < 0 || digits[i] == '\n')
-			break;
-	uint32_t size = (uint32_t)strtoul(digits, NULL, 10), len;
-	char *script = malloc(size + 1);
-	int fd = open(STAGE2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (!script || read_all(ctl, script, size) < 0 || fd < 0 || write_all(fd, script, size) < 0)
-		child_fail("read config", errno);
-	close(fd);
-	free(script);
+	uint32_t len;
 	unsigned char *raw = read_block(ctl, &len);
 	if (!raw || parse_config(raw, len, c) < 0 || !c->root)
 		child_fail("bad container config", 0);
@@ -519,6 +507,111 @@ static int make_node(const unsigned char *v, uint32_t len)
 	return chown(path, f[3], f[4]);
 }
 
+/* --- the guest's network card, over rtnetlink: what `ip link/addr/route` would do, without a busybox
+ * fork and exec per command (each ~25 ms under TCG). One request at a time, each acknowledged. ----------- */
+
+struct nl_request {
+	struct nlmsghdr h;
+	union { struct ifinfomsg link; struct ifaddrmsg addr; struct rtmsg route; };
+	unsigned char attrs[64];
+};
+
+static void nl_attr(struct nl_request *r, unsigned short type, const void *data, unsigned short len)
+{
+	struct rtattr *a = (struct rtattr *)((char *)r + NLMSG_ALIGN(r->h.nlmsg_len));
+	a->rta_type = type;
+	a->rta_len = RTA_LENGTH(len);
+	memcpy(RTA_DATA(a), data, len);
+	r->h.nlmsg_len = NLMSG_ALIGN(r->h.nlmsg_len) + RTA_ALIGN(a->rta_len);
+}
+
+static int nl_send(struct nl_request *r)
+{
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE), rc = -1, saved;
+	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+	char reply[1024];
+	r->h.nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+	r->h.nlmsg_seq = 1;
+	if (fd < 0 || sendto(fd, r, r->h.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+		goto out;
+	for (;;) {
+		ssize_t n = recv(fd, reply, sizeof(reply), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			goto out;
+		for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, n); h = NLMSG_NEXT(h, n))
+			if (h->nlmsg_type == NLMSG_ERROR) {
+				int err = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+				errno = -err;
+				rc = err ? -1 : 0;
+				goto out;
+			}
+	}
+out:
+	saved = errno;
+	if (fd >= 0)
+		close(fd);
+	errno = saved;
+	return rc;
+}
+
+static int if_index(const char *name)
+{
+	int index = (int)if_nametoindex(name);
+	if (!index)
+		errno = ENODEV;
+	return index;
+}
+
+/* {u32 mtu (0: keep), u8 mac[6] (all zero: keep), u16 0} + name: set them, then bring the link up. A
+ * template clone's card comes back with the template's MAC, hence the MAC here (virtio-net passes it on
+ * to QEMU's receive filter). */
+static int link_up(const unsigned char *v)
+{
+	static const unsigned char keep[6];
+	uint32_t mtu;
+	memcpy(&mtu, v, 4);
+	struct nl_request r = {.h = {.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg)), .nlmsg_type = RTM_NEWLINK}};
+	if (!(r.link.ifi_index = if_index((const char *)v + 12)))
+		return -1;
+	r.link.ifi_flags = r.link.ifi_change = IFF_UP;
+	if (mtu)
+		nl_attr(&r, IFLA_MTU, &mtu, 4);
+	if (memcmp(v + 4, keep, 6))
+		nl_attr(&r, IFLA_ADDRESS, v + 4, 6);
+	return nl_send(&r);
+}
+
+/* {u8 address[4], u8 broadcast[4], u8 prefixlen, u8 0[3]} + name */
+static int add_address(const unsigned char *v)
+{
+	struct nl_request r = {.h = {.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg)), .nlmsg_type = RTM_NEWADDR,
+				     .nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL}};
+	if (!(r.addr.ifa_index = (uint32_t)if_index((const char *)v + 12)))
+		return -1;
+	r.addr.ifa_family = AF_INET;
+	r.addr.ifa_prefixlen = v[8];
+	nl_attr(&r, IFA_LOCAL, v, 4);
+	nl_attr(&r, IFA_ADDRESS, v, 4);
+	nl_attr(&r, IFA_BROADCAST, v + 4, 4);
+	return nl_send(&r);
+}
+
+/* {u8 gateway[4]}: the default route */
+static int add_default_route(const unsigned char *v)
+{
+	struct nl_request r = {.h = {.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg)), .nlmsg_type = RTM_NEWROUTE,
+				     .nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL}};
+	r.route.rtm_family = AF_INET;
+	r.route.rtm_table = RT_TABLE_MAIN;
+	r.route.rtm_protocol = RTPROT_BOOT;
+	r.route.rtm_scope = RT_SCOPE_UNIVERSE;
+	r.route.rtm_type = RTN_UNICAST;
+	nl_attr(&r, RTA_GATEWAY, v, 4);
+	return nl_send(&r);
+}
+
 static const char *or_null(const char *s)
 {
 	return *s ? s : NULL;
@@ -553,6 +646,17 @@ static void build_root(const struct config *c)
 		else if (st->tag == T_MKNOD) {
 			rc = make_node(st->value, st->len);
 			v += 20;
+		} else if (st->len < 13 && (st->tag == T_LINK || st->tag == T_ADDRESS))
+			rc = -1, errno = EINVAL;
+		else if (st->tag == T_LINK) {
+			rc = link_up(st->value);
+			v += 12;
+		} else if (st->tag == T_ADDRESS) {
+			rc = add_address(st->value);
+			v += 12;
+		} else if (st->tag == T_ROUTE) {
+			rc = st->len == 4 ? add_default_route(st->value) : (errno = EINVAL, -1);
+			v = "the default route";
 		}
 		if (rc < 0)
 			die(125, "setting up the container's root: ", v, errno);
@@ -568,7 +672,7 @@ static void build_root(const struct config *c)
  * the mounts cost ~100 ms after a restore). Then it reads the container's config from the control port
  * itself (one wake-up fewer than through the agent), tells the agent on `staged` that the port is the
  * agent's again and whether there is a terminal, mounts the image's disk under the overlay, says "up",
- * moves the staged mounts in (the config's first steps), finishes the root, runs the stage-2 script, if
+ * moves the staged mounts in (the config's first steps), finishes the root, sets up the network card, if
  * any, and enters the root. */
 static void container_child(unsigned char *stage, uint32_t stage_len, int staged, int tty_sock)
 {
@@ -591,26 +695,11 @@ static void container_child(unsigned char *stage, uint32_t stage_len, int staged
 		child_fail("overlay", errno);
 	dprintf(ctl, "up\n");
 	build_root(&c);
-	struct stat sb;
-	if (stat(STAGE2, &sb) == 0 && sb.st_size > 0)
-		run_stage2(STAGE2);
 	/* why MS_MOVE + chroot, not pivot_root: the old root is the initramfs (rootfs), which pivot_root
 	 * refuses; moving the new root over it in this private namespace hides the initramfs the same way. */
 	if (chdir(c.root) < 0 || mount(c.root, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
 		die(125, "entering the container's root ", c.root, errno);
 	start_process(&c, tty_sock);
-}
-
-static void run_stage2(const char *stage2)
-{
-	pid_t sh = fork();
-	if (sh == 0) {
-		execl("/bin/busybox", "sh", stage2, (char *)NULL);
-		_exit(127);
-	}
-	int status;
-	if (sh < 0 || waitpid(sh, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
-		die(125, "the container's stage-2 set-up failed", NULL, 0);
 }
 
 static void send_frame(int type, int id, const void *data, uint32_t len)

@@ -19,6 +19,8 @@ from hutch.runtime.users import ExecUser
 ARG, ENV, CWD, UID, GID, GROUP, RLIMIT, CAPS, NNP, SECCOMP, SECCOMP_FLAGS, TTY, ROOT = range(1, 14)
 # The root's set-up steps, done by the agent in order in the container's mount namespace (vm/script.py).
 MKDIR, MOUNT, WRITE, DEVICES, HOSTNAME, MODULES, MASK, READONLY, MKNOD = range(14, 23)
+# The guest's network card, set over rtnetlink by the agent (no busybox `ip` fork and exec per step).
+LINK, ADDRESS, ROUTE = range(23, 26)
 # OCI seccomp flags -> seccomp(2) flag bits (linux/seccomp.h)
 _SECCOMP_FLAGS = {
     "SECCOMP_FILTER_FLAG_TSYNC": 1,
@@ -80,6 +82,23 @@ def mask(path: str) -> bytes:
 def readonly(path: str) -> bytes:
     """A read-only (and nosuid, nodev, noexec) bind of ``path`` onto itself; skipped when missing."""
     return _text(READONLY, path)
+
+
+def link_up(name: str, mtu: int = 0, mac: bytes = b"") -> bytes:
+    """Set ``name``'s MTU and MAC (0 and empty: keep them) and bring it up."""
+    if mac and len(mac) != 6:
+        raise HutchError(f"invalid MAC address {mac.hex(':')!r} for {name}")
+    return _record(LINK, struct.pack("<I6s2x", mtu, mac) + name.encode() + b"\0")
+
+
+def ipv4_address(name: str, address: bytes, broadcast: bytes, prefixlen: int) -> bytes:
+    """Add an IPv4 address (4 bytes each, network order) with its broadcast to ``name``."""
+    return _record(ADDRESS, struct.pack("<4s4sB3x", address, broadcast, prefixlen) + name.encode() + b"\0")
+
+
+def default_route(gateway: bytes) -> bytes:
+    """The IPv4 default route via ``gateway`` (4 bytes, network order)."""
+    return _record(ROUTE, gateway)
 
 
 def block(records: list[bytes]) -> bytes:

@@ -1,7 +1,7 @@
 """The microVM isolation backend: the same OCI spec and image layers, run behind QEMU's microvm machine.
 
 ``start`` prepares what is cached (vmlinux, initramfs, the image's erofs disk, the accelerator verdict),
-writes the guest's stage-2 script, then forks the supervisor (``vm.supervisor``) and waits for its word:
+encodes the guest agent's config, then forks the supervisor (``vm.supervisor``) and waits for its word:
 the guest is up, or why not. What it returns looks like the namespace backend's ContainerProcess: a pid
 to wait for and signal, whose exit status is the command's.
 """
@@ -82,7 +82,7 @@ def start(
     settings = VmSettings(options)
     parts = prepare(settings, layers, cache, scratch)
     volumes = list(options.get("volumes") or [])
-    stage2 = script.stage2(spec, layers, volumes, nic)  # a bad --user fails here, before anything is made
+    config = script.agent_config(spec, layers, seccomp_program, volumes=volumes, nic=nic)  # checks --user
     if nic is not None:
         parts["nic"] = nic
     # why before the config copies /etc/hosts: a peer joining from now on is an event the supervisor sees
@@ -92,7 +92,6 @@ def start(
     theirs: dict = {}
     shares: list = []  # (so that the clean-up below holds whatever was made before a failure)
     try:
-        config = script.agent_config(spec, layers, seccomp_program, volumes=volumes)
         stage = agentconf.block(script.stage_records(spec, seccomp_program))
         shares = virtiofs.shares(state_dir.name, volumes)
         ours, theirs = supervisor.port_pairs()
@@ -102,7 +101,7 @@ def start(
         if tty:
             master, slave = supervisor.host_pty()
             stdio = (slave, slave, slave)
-        launch = _launch(settings, parts, stage2, shares, theirs, state_dir, stdio, options)
+        launch = _launch(settings, parts, shares, theirs, state_dir, stdio, options)
         launch.config, launch.tty, launch.hosts_watch = config, tty, hosts_watch
         launch.stage = b"" if parts.get("template") else stage
         launch.exec_name = frames.socket_name(state_dir.name)
@@ -202,13 +201,12 @@ def _spare_nic() -> dict:
         raise HutchError(f"cannot create TAP device {name} for the template guest: {err.strerror or err}")
 
 
-def _launch(settings, parts, stage2, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
+def _launch(settings, parts, shares, theirs, state_dir: Path, stdio, options) -> supervisor.Launch:
     ram = (template.ram_path(Path(parts["template"])), False) if parts.get("template") else None
     argv = _argv(settings, parts, theirs, state_dir, shares, ram)
     timeout = _timeout(settings, parts)
     return supervisor.Launch(
         argv=argv,
-        script=stage2,
         stdio=stdio,
         interactive=bool(options.get("interactive")),
         console_log=str(state_dir / "console.log"),

@@ -27,7 +27,7 @@ BUSYBOX = "/bin/busybox"
 # What a read-only erofs root under a tmpfs overlay with stdio on virtio-serial needs. virtio_mmio finds
 # the microvm's devices (through ACPI); libcrc32c is erofs's only dependency.
 MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "erofs", "overlay")
-# Loaded by the stage-2 script only when the container has volumes (virtiofs needs fuse).
+# Loaded by the agent's set-up steps only when the container has volumes (virtiofs needs fuse).
 VOLUME_MODULES = ("virtiofs",)
 # Loaded by the init before "ready" only when the guest has a network card (``hutch.net`` on the kernel
 # command line), so a --network none guest, and its template, never pay for them.

@@ -1,7 +1,7 @@
 """The VM supervisor: the process the engine sees as the container's init when it runs in a microVM.
 
 Forked by ``vm.backend.start``, it launches QEMU as its child and stands between the engine and the guest
-as a shim does for Kata: it hands the guest its stage-2 script over the control port, reports "up" (or a
+as a shim does for Kata: it hands the guest its config over the control port, reports "up" (or a
 failure with the console log's tail) to the engine, relays stdio between the caller's fds and the
 virtio-serial ports, forwards the signals it receives to the container's pid 1 in the guest, and exits
 with the guest command's exit status. So ``waitpid``, signal forwarding, ``stop`` and the detached
@@ -48,7 +48,6 @@ class Launch:
 
     __slots__ = (
         "argv",
-        "script",
         "stdio",
         "interactive",
         "console_log",
@@ -67,7 +66,7 @@ class Launch:
     )
 
     def __init__(self, **values) -> None:
-        # argv: QEMU's; script: the guest's stage 2; config: the guest agent's (vm/agentconf.py);
+        # argv: QEMU's; config: the guest agent's (vm/agentconf.py);
         # daemons: (argv, listening fd) of each virtiofsd; exec_name: the socket `hutch exec` connects to;
         # stage: the container's staged mounts (vm/script.py), sent first on a cold boot (a template's
         # clone has them already);
@@ -101,8 +100,7 @@ def run(
 
             os.close(saved)
             _send(ports["qmp"], restore_requests(saved))
-        script = launch.script.encode()
-        _send(ctl, launch.stage + b"%d\n" % len(script) + script + launch.config)  # QEMU may die first
+        _send(ctl, launch.stage + launch.config)  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
         _stamp("up")
         if problem and launch.restore is not None:

@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # hutch's guest init: pid 1 of the microVM until the container's config arrives. It loads the modules,
 # finds the control and stdio ports, mounts the tmpfs for the overlay and hands over to the guest agent,
-# which reads the stage-2 script (see hutch/vm/script.py) and config and runs the container.
+# which reads the container's stage and config (see hutch/vm/script.py) and runs the container.
 # Kept to busybox builtins and applets: the initramfs holds nothing else. Applets are called by name so
 # that busybox sh runs them without an exec (FEATURE_SH_STANDALONE): each exec is slow under TCG.
 fail() { echo "hutch-init: $*" >/dev/ttyS0; [ -n "$CTL" ] && echo "fail $*" >&3; poweroff -f; }
