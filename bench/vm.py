@@ -115,6 +115,7 @@ def bare_argv(root: Path, accel: str, tail: str) -> list[str]:
     vmlinux = next(cache.glob("vmlinux-*"))
     initrd = next(cache.glob("initramfs-*.cpio"))
     return qemu.command(
+        program=qemu.binary(accel),  # the build hutch runs with this accelerator
         kernel=str(vmlinux),
         initrd=str(initrd),
         disk=None,

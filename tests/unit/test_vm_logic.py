@@ -208,6 +208,21 @@ def test_qemu_command_has_the_measured_recipe():
     assert "driver=raw,node-name=root,file=disk,read-only=on" in joined
 
 
+def test_kvm_runs_the_slim_microvm_build_unless_a_volume_needs_the_full_one(monkeypatch):
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: path == qemu.QEMU_MICROVM)
+    assert qemu.binary("kvm") == qemu.QEMU_MICROVM
+    assert qemu.binary("kvm", volumes=True) == qemu.QEMU  # virtiofs: vhost-user-fs is in the full build
+    assert qemu.binary("tcg") == qemu.QEMU  # the slim build has no TCG
+    assert qemu.boot_identity("kvm", 1000).startswith(f"{qemu.QEMU_MICROVM} host ")
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: False)
+    assert qemu.binary("kvm") == qemu.QEMU  # not installed: the full build
+    argv = qemu.command(
+        kernel=None, initrd="/i", disk=None, accel="kvm", memory_mib=128, cpus=1, port_fds={},
+        console_log="/c", khz=0, program=qemu.QEMU_MICROVM,
+    )  # fmt: skip
+    assert argv[0] == qemu.QEMU_MICROVM and argv[argv.index("-cpu") + 1] == "host"
+
+
 def test_memory_and_isolation_flags():
     assert parse_memory_mib("128m") == 128
     assert parse_memory_mib("1g") == 1024
@@ -260,6 +275,8 @@ def test_template_names_follow_the_build_the_shape_and_the_stage(tmp_path):
     build, shape = base.split("-")
     assert name() == base and len(build) == 16 and len(shape) == 8  # stable, and short
     assert name(initrd="/j").split("-") != [build, shape] and name(initrd="/j").endswith(shape)
+    # another QEMU build, CPU model or kernel command line is another build: its templates replace these
+    assert name(boot="qemu-system-x86_64-microvm host ...").split("-")[0] != build
     for other in (name(memory_mib=256), name(nic=True), name(stage=b"privileged")):
         assert other.startswith(build + "-") and other != base  # same build, another shape: side by side
 

@@ -56,6 +56,7 @@ def _warn(reason: str) -> None:
 def probe_kvm(vmlinux: Path, initrd: Path, deadline: float = PROBE_DEADLINE) -> bool:
     """Boot the kernel under KVM until the init's marker or the deadline; QEMU is always killed."""
     argv = qemu.command(
+        program=qemu.binary("kvm"),
         kernel=str(vmlinux),
         initrd=str(initrd),
         disk=None,

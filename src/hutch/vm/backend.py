@@ -147,6 +147,7 @@ def _argv(
     if nic is not None:
         share_argv = share_argv + qemu.nic_args(nic["fd"], nic["mac"])
     return qemu.command(
+        program=qemu.binary(parts["accel"], volumes=bool(shares)),
         kernel=None if parts.get("template") else parts["vmlinux"],
         initrd=parts["initrd"],
         disk=parts["placeholder"] if settings.template and not parts.get("template") else parts["disk"],
@@ -170,7 +171,7 @@ def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Pat
     nic = parts.get("nic")
     path = template.template_path(
         cache, parts["vmlinux"], parts["initrd"], settings.memory_mib, settings.cpus, parts["accel"],
-        nic=nic is not None, stage=stage,
+        nic=nic is not None, stage=stage, boot=qemu.boot_identity(parts["accel"], qemu.tsc_khz()),
     )  # fmt: skip
     if not path.exists():
         ours, theirs = supervisor.port_pairs()

@@ -48,12 +48,14 @@ def template_path(
     accel: str,
     nic: bool = False,
     stage: bytes = b"",
+    boot: str = "",
 ) -> Path:
-    """``<what it boots>-<shape>.mig``: a new kernel or initramfs replaces every older template, while
+    """``<what it boots>-<shape>.mig``: a new kernel, initramfs or ``boot`` (the QEMU build, CPU model and
+    kernel command line, ``qemu.boot_identity``) replaces every older template, while
     templates of other shapes (memory, vCPUs, a network card or none, the staged mounts of a security
     profile) of the same build live side by side, so containers that alternate between them do not
     rebuild one another's."""
-    build = short_key(f"{VERSION}:{vmlinux}:{initrd}")
+    build = short_key(f"{VERSION}:{vmlinux}:{initrd}:{boot}")
     shape_key = f"{memory_mib}:{cpus}:{accel}:{'net' if nic else ''}:".encode() + stage
     shape = short_key(shape_key, 8)
     return cache / "templates" / f"{build}-{shape}.mig"
