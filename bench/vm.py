@@ -3,8 +3,9 @@
 
 - launch-to-exit of ``true``: ``hutch run --rm --isolation vm busybox true``, restored from the
   pre-booted template (the default) and booted cold (``--vm-template off``), vs a bare
-  ``qemu-system-x86_64 -M microvm`` booting the very same vmlinux and initramfs straight into
-  ``busybox poweroff -f`` (no modules, no disk, no hutch): the floor hutch's cold boot is measured against.
+  ``qemu-system-x86_64 -M microvm`` booting the very same vmlinux and initramfs straight into a power-off
+  (the init's probe path: no devices, no modules, no disk, no hutch): the floor hutch's cold boot is
+  measured against.
   Rounds are interleaved so a noisy machine slows both alike; medians are reported.
 - phases (ms), medians over the same timed runs: the supervisor stamps its steps when ``HUTCH_VM_TIMINGS``
   names a file (QEMU forked, guest "up", its "exit N" read, QEMU reaped), so a run splits into hutch
@@ -96,8 +97,8 @@ def guest_phases(root: Path, vm: tuple, stamps: Path) -> dict:
         return float(line.split("]", 1)[0].strip("[ ")) * 1000
 
     init, modules = kernel_ms("Run /init as init process"), kernel_ms("hutch-init: modules")
-    # The guest's clock, not the host's: under TCG it falls behind (the kernel drops the TSC as unstable
-    # and counts jiffies), so these add up to less than the host's QEMU-fork-to-"up".
+    # The guest's clock, not the host's: it starts late in the kernel's boot, so these add up to less
+    # than the host's QEMU-fork-to-"up".
     return {
         "cold_host_qemu_fork_to_up": (marks["up"] - marks["qemu_forked"]) * 1000,
         "cold_kernel_to_init": init,
@@ -107,13 +108,26 @@ def guest_phases(root: Path, vm: tuple, stamps: Path) -> dict:
     }
 
 
-def bare_argv(root: Path, accel: str, tail: str) -> list[str]:
-    """The same kernel and initramfs hutch boots, with init replaced by a busybox command."""
+def bare_argv(root: Path, accel: str, idle: bool = False) -> list[str]:
+    """The same kernel and initramfs hutch boots, with no devices, no modules and no hutch: the guest's
+    init (hutch's agent) powers off as soon as it has read the kernel command line (``hutch.probe``, the
+    path of hutch's KVM probe). ``idle``: the initramfs plus a busybox (a second archive the kernel
+    unpacks over the first), which sleeps instead: a bare guest's memory at rest."""
     from hutch.vm import qemu
 
     cache = root / "cache" / "vm"
     vmlinux = next(cache.glob("vmlinux-*"))
     initrd = next(cache.glob("initramfs-*.cpio"))
+    extra = "hutch.probe"
+    if idle:
+        from hutch.vm.initramfs import Cpio, compress
+
+        archive = Cpio()
+        archive.directory("bin")
+        archive.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
+        with_busybox = root / "bare-idle.cpio"
+        with_busybox.write_bytes(initrd.read_bytes() + compress(archive.finish()))
+        initrd, extra = with_busybox, "rdinit=/bin/busybox -- sleep 600"
     return qemu.command(
         program=qemu.binary(accel),  # the build hutch runs with this accelerator
         kernel=str(vmlinux),
@@ -125,7 +139,7 @@ def bare_argv(root: Path, accel: str, tail: str) -> list[str]:
         port_fds={},
         console_log="/dev/null",
         khz=qemu.tsc_khz(),
-        extra_cmdline=f"rdinit=/bin/busybox -- {tail}",
+        extra_cmdline=extra,
     )
 
 
@@ -221,7 +235,7 @@ def idle_memory(root: Path, accel: str, clones: int) -> dict:
     finally:
         for cid, _, _ in started:
             hutch(root, "rm", "-f", cid, capture_output=True).check_returncode()
-    bare = subprocess.Popen(bare_argv(root, accel, "sleep 600"), stdin=subprocess.DEVNULL)
+    bare = subprocess.Popen(bare_argv(root, accel, idle=True), stdin=subprocess.DEVNULL)
     try:
         time.sleep(6)
         result["bare_qemu_pss_kib"] = pss_kib(bare.pid)
@@ -271,7 +285,7 @@ def main() -> int:
                         for phase, value in run_phases.items():
                             phases.setdefault(f"{prefix}_{phase}", []).append(value)
                     else:
-                        argv = bare_argv(root, accel, "poweroff -f")
+                        argv = bare_argv(root, accel)
                         ms = timed(lambda argv=argv: subprocess.run(argv, capture_output=True, text=True))
                     samples[name].append(ms)
                 for phase, value in guest_phases(root, vm, stamps).items():

@@ -7,7 +7,6 @@ import shlex
 import shutil
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -86,11 +85,26 @@ def test_initramfs_lists_the_card_driver_apart(tmp_path):
         (mods / path).parent.mkdir(parents=True, exist_ok=True)
         (mods / path).write_bytes(b"\x7fELF" + path.encode())
     (mods / "modules.dep").write_text("".join(f"{p}: {' '.join(d)}\n" for p, d in dep.items()))
-    data = initramfs.build(mods)
+    data = initramfs.build(mods, b"\x7fELF agent")
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(["busybox", "cpio", "-id"], input=data, cwd=out, check=True, capture_output=True)
     assert (out / "modules.net").read_text().split() == ["failover.ko", "net_failover.ko", "virtio_net.ko"]
     assert "virtio_net.ko" not in (out / "modules").read_text()  # never loaded without a card
-    assert "hutch.net" in Path(out / "init").read_text()
+    assert (out / "init").read_bytes() == b"\x7fELF agent"  # the agent is the init; nothing else runs
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "dev",
+            "init",
+            "lib",
+            "lower",
+            "modules",
+            "modules.net",
+            "modules.volumes",
+            "newroot",
+            "proc",
+            "rw",
+            "sys",
+        ]
+    )
     assert shlex.split(qemu.NET_CMDLINE) == ["hutch.net"]

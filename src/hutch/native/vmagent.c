@@ -1,14 +1,12 @@
 /*
- * hutch-vmagent: pid 1 of a microVM guest, from just before the guest is ready for a container.
+ * hutch-vmagent: the init of a microVM guest, the initramfs's /init (see hutch/vm/initramfs.py).
  *
- * The guest's busybox init (hutch/vm/data/init.sh) loads modules and finds the virtio-serial ports, then
- * execs this program with the control port on fd 3. It gives a container in a VM the same set-up a
- * namespace container gets from hutch/runtime/init.py, which busybox cannot: the root built with system
- * calls, supplementary groups, rlimits, the capability sets, no_new_privs and the seccomp filter (classic
- * BPF compiled on the host: guest and host are both x86_64). It then stays as the guest's init to forward
+ * It boots the guest's userland in system calls (mounts /proc, /sys, /dev and the overlay's tmpfs, loads
+ * the modules the initramfs lists, finds the virtio-serial ports), then gives a container in a VM the same
+ * set-up a namespace container gets from hutch/runtime/init.py: the root built with system calls,
+ * supplementary groups, rlimits, the capability sets, no_new_privs and the seccomp filter (classic BPF
+ * compiled on the host: guest and host are both x86_64). It then stays as the guest's init to forward
  * signals, relay a pty (-t), run `hutch exec` requests, report the exit status and power off.
- *
- * Usage: hutch-vmagent IN OUT ERR (fd 3: the control port; IN may be "" for none)
  *
  * Control port, host -> guest: the stage (u32 length + set-up records: the container's /proc, /sys and
  * /dev under /stage, and its seccomp filter; see hutch/vm/script.py stage_records), which the container's
@@ -87,7 +85,7 @@ struct exec {
 	unsigned char *queue;
 };
 
-static int ctl = 3, exec_port = -1;
+static int ctl = -1, exec_port = -1; /* the control port, once boot() has found it */
 static struct exec execs[MAX_EXECS];
 
 static void say(const char *fmt, const char *a, int err)
@@ -146,6 +144,7 @@ static void power_off(void)
 static void fail(const char *what)
 {
 	dprintf(ctl, "fail %s\n", what);
+	dprintf(1, "hutch-init: %s\n", what); /* the console log, which the host shows */
 	power_off();
 }
 
@@ -947,7 +946,8 @@ static size_t handle_frames(unsigned char *buf, size_t used, pid_t cpid, int sel
 
 static int find_port(const char *wanted)
 {
-	for (int tries = 0; tries < 200; tries++) {
+	/* port names reach the guest asynchronously after the ports appear: look for up to 10 s */
+	for (int tries = 0; tries < 5000; tries++) {
 		DIR *d = opendir("/sys/class/virtio-ports");
 		struct dirent *ent;
 		while (d && (ent = readdir(d))) {
@@ -968,9 +968,69 @@ static int find_port(const char *wanted)
 		}
 		if (d)
 			closedir(d);
-		usleep(10000);
+		usleep(2000);
 	}
 	return -1;
+}
+
+/* --- the guest's init, from the kernel's first exec (this program is the initramfs's /init) ------------ */
+
+static int cmdline_has(const char *cmdline, const char *word)
+{
+	char padded[64];
+	snprintf(padded, sizeof(padded), " %s ", word);
+	return strstr(cmdline, padded) != NULL;
+}
+
+/* Before the host can hear of a failure (no control port yet), it goes to the console, which QEMU writes
+ * to the console log the host shows when the guest does not come up. */
+static void boot_fail(const char *what)
+{
+	dprintf(1, "hutch-init: %s: %s\n", what, strerror(errno));
+	power_off();
+}
+
+/* What a busybox script did before, in system calls: under TCG each exec of busybox (sh, mount,
+ * modprobe, sleep) cost a cold boot tens of milliseconds. Mount the kernel's filesystems and the tmpfs for
+ * the overlay's upper layer; answer hutch's KVM probe; load the modules (the initramfs lists them in
+ * dependency order: a network card's driver only with `hutch.net`); find the control port. */
+static void boot(void)
+{
+	static const struct { const char *type, *target, *data; unsigned long flags; } fs[] = {
+		{"proc", "/proc", NULL, MS_NOSUID | MS_NOEXEC | MS_NODEV},
+		{"sysfs", "/sys", NULL, MS_NOSUID | MS_NOEXEC | MS_NODEV},
+		{"devtmpfs", "/dev", NULL, MS_NOSUID},
+		{"tmpfs", "/rw", "mode=0755", 0},
+	};
+	for (unsigned i = 0; i < sizeof(fs) / sizeof(fs[0]); i++)
+		if (mount(fs[i].type, fs[i].target, fs[i].type, fs[i].flags, fs[i].data) < 0)
+			boot_fail(fs[i].target);
+	char cmdline[4096] = " ";
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, cmdline + 1, sizeof(cmdline) - 3);
+	if (n < 0)
+		boot_fail("/proc/cmdline");
+	close(fd);
+	cmdline[n + 1] = 0;
+	for (char *p = cmdline; *p; p++)
+		if (*p == '\n')
+			*p = ' ';
+	strcat(cmdline, " ");
+	/* hutch's KVM probe: reaching this line is the proof the accelerator runs this kernel */
+	if (cmdline_has(cmdline, "hutch.probe")) {
+		dprintf(1, "hutch-probe-ok\n");
+		power_off();
+	}
+	if (load_modules("/modules") < 0 || (cmdline_has(cmdline, "hutch.net") && load_modules("/modules.net") < 0))
+		boot_fail("loading the kernel modules");
+	/* a mark in the kernel log (below the console's quiet level) for bench/vm.py's phases */
+	fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0)
+		dprintf(fd, "hutch-init: modules loaded\n"), close(fd);
+	if ((ctl = find_port("hutch.ctl")) < 0)
+		boot_fail("the control port");
+	if (mkdir("/rw/upper", 0755) < 0 || mkdir("/rw/work", 0755) < 0)
+		boot_fail("/rw");
 }
 
 /* Copy what `from` has (at most `limit` bytes) into `to`, or as frames of `type`; how many bytes, or -1 at
@@ -1152,15 +1212,16 @@ static pid_t spawn_container(unsigned char *stage, uint32_t stage_len, struct co
 
 int main(int argc, char **argv)
 {
-	if (argc != 4 || getpid() != 1) {
-		dprintf(2, "usage: hutch-vmagent IN OUT ERR (as the guest's pid 1)\n");
+	(void)argc, (void)argv; /* the kernel passes init its command line's leftovers: none are ours */
+	if (getpid() != 1) {
+		dprintf(2, "hutch-vmagent: the guest's init, started by its kernel only\n");
 		return 2;
 	}
-	fcntl(ctl, F_SETFD, FD_CLOEXEC);
+	boot();
 	struct container k = {.master = -1, .tty_sock = -1};
-	k.in = *argv[1] ? open(argv[1], O_RDONLY | O_CLOEXEC) : open("/dev/null", O_RDONLY | O_CLOEXEC);
-	k.out = open(argv[2], O_WRONLY | O_CLOEXEC);
-	int err = open(argv[3], O_WRONLY | O_CLOEXEC), started[2];
+	k.in = find_port("hutch.stdin");
+	k.out = find_port("hutch.stdout");
+	int err = find_port("hutch.stderr"), started[2];
 	if (k.in < 0 || k.out < 0 || err < 0)
 		fail("opening the stdio ports");
 	sigset_t chld;

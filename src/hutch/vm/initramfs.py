@@ -1,17 +1,19 @@
-"""The guest's initramfs: busybox-static, hutch's init script, its guest agent (``native/vmagent.c``, compiled
-statically on the host) and only the kernel modules the guest needs.
+"""The guest's initramfs: hutch's guest agent as /init (``native/vmagent.c``, compiled statically on the
+host) and only the kernel modules the guest needs; nothing else.
 
-Built once per (kernel release, busybox, init script, agent source) and cached. It is a newc cpio compressed
-with LZ4 in the kernel's legacy framing (gzip when the lz4 tool is missing): 1.4 MB instead of 2.9 MB, and
-under TCG the kernel's LZ4 decompressor cost nothing measurable against the uncompressed archive (QEMU's CPU
-time for a boot to ``poweroff``, 3 interleaved runs each on a loaded host). Modules are taken with their
-dependencies from ``modules.dep`` and stored decompressed (``.ko.xz``/``.ko.zst``) with their signature
-stripped (kept when the kernel's config forces signatures), next to a ``modules.dep`` of their own, so
-that one busybox ``modprobe -a`` loads them all: one exec instead of one ``insmod`` per module, and no
-signature check (hashing every module and verifying it under TCG). The host's ``/lib/modules`` is what
-hutch trusts anyway, and they load before any container code runs; the guest kernel notes them as
-unsigned (taint flag E), nothing more. Measured under TCG with the 8 modules, no devices, 6 interleaved
-boots on a loaded host: 280 ms (insmod loop) -> 135 ms.
+Built once per (kernel release, agent source, this module) and cached. It is a newc cpio compressed with LZ4
+in the kernel's legacy framing (gzip when the lz4 tool is missing); under TCG the kernel's LZ4 decompressor
+cost nothing measurable against the uncompressed archive (QEMU's CPU time for a boot to ``poweroff``, 3
+interleaved runs each on a loaded host). Modules are taken with their dependencies from ``modules.dep`` and
+stored decompressed (``.ko.xz``/``.ko.zst``) with their signature stripped (kept when the kernel's config
+forces signatures), listed in an order the kernel accepts (dependencies first), so the agent loads each
+with one ``finit_module`` and the kernel checks no signature (hashing every module and verifying it under
+TCG). The host's ``/lib/modules`` is what hutch trusts anyway, and they load before any container code
+runs; the guest kernel notes them as unsigned (taint flag E), nothing more.
+
+There was a busybox init script before (``mount -a``, ``modprobe -a``, a loop over the ports' names, then
+an exec of the agent): under TCG every exec of the 2 MB busybox is slow, and a cold boot spent ~570 ms
+from the kernel's exec of /init to the agent. The agent does the same in system calls.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 from hutch.errors import HutchError
 from hutch.vm.cachekey import short_key
 
-BUSYBOX = "/bin/busybox"
 # What a read-only erofs root under a tmpfs overlay with stdio on virtio-serial needs. virtio_mmio finds
 # the microvm's devices (through ACPI); libcrc32c is erofs's only dependency.
 MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "erofs", "overlay")
@@ -32,15 +33,6 @@ VOLUME_MODULES = ("virtiofs",)
 # Loaded by the init before "ready" only when the guest has a network card (``hutch.net`` on the kernel
 # command line), so a --network none guest, and its template, never pay for them.
 NET_MODULES = ("virtio_net",)
-_DATA = Path(__file__).with_name("data")
-# What init mounts first, in one ``mount -a`` (one exec of busybox instead of four); /rw holds the
-# overlay's upper and work directories.
-FSTAB = """\
-proc /proc proc nosuid,noexec,nodev 0 0
-sys /sys sysfs nosuid,noexec,nodev 0 0
-dev /dev devtmpfs nosuid 0 0
-rw /rw tmpfs mode=0755 0 0
-"""
 
 
 def module_name(path: str) -> str:
@@ -157,16 +149,6 @@ def strip_signature(module: bytes) -> bytes:
     return module[:start] if start > 0 else module
 
 
-def modules_dep(paths: list[str], deps: dict[str, tuple[str, list[str]]]) -> str:
-    """A ``modules.dep`` for the flat ``/lib/modules`` of the initramfs (``name.ko: dep.ko ...``), what
-    busybox ``modprobe`` reads to load dependencies first."""
-    lines = []
-    for path in paths:
-        name = module_name(path)
-        lines.append(f"{name}.ko:" + "".join(f" {module_name(d)}.ko" for d in deps[name][1]))
-    return "\n".join(lines) + "\n"
-
-
 def _builtin(modules_dir: Path) -> set[str]:
     try:
         return {module_name(line) for line in (modules_dir / "modules.builtin").read_text().split()}
@@ -174,27 +156,19 @@ def _builtin(modules_dir: Path) -> set[str]:
         return set()
 
 
-def build(modules_dir: Path, agent: bytes = b"") -> bytes:
-    """The archive for a kernel whose modules are in ``modules_dir``, with the guest agent's binary."""
+def build(modules_dir: Path, agent: bytes) -> bytes:
+    """The archive for a kernel whose modules are in ``modules_dir``, with the guest agent as /init."""
     try:
         deps = parse_modules_dep((modules_dir / "modules.dep").read_text())
     except OSError as err:
         raise HutchError(f"guest kernel modules: cannot read {modules_dir}/modules.dep: {err.strerror}")
     order = load_order(MODULES, deps, _builtin(modules_dir))
-    try:
-        busybox = Path(BUSYBOX).read_bytes()
-    except OSError:
-        raise HutchError(f"{BUSYBOX} is missing: install busybox-static")
     cpio = Cpio()
-    for name in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "lower", "rw"):
+    # /dev/console: the kernel opens it as init's stdio (the console log on the host) before devtmpfs
+    for name in ("dev", "proc", "sys", "lib", "lib/modules", "newroot", "lower", "rw"):
         cpio.directory(name)
     cpio.device("dev/console", 5, 1)
-    cpio.directory("etc")
-    cpio.file("etc/fstab", FSTAB.encode())
-    cpio.file("bin/busybox", busybox, 0o755)
-    cpio.symlink("bin/sh", "busybox")
-    if agent:
-        cpio.file("bin/hutch-vmagent", agent, 0o755)
+    cpio.file("init", agent, 0o755)
     volume_order = [p for p in load_order(VOLUME_MODULES, deps, _builtin(modules_dir)) if p not in order]
     net_order = [p for p in load_order(NET_MODULES, deps, _builtin(modules_dir)) if p not in order]
     keep = signatures_enforced(modules_dir.name)
@@ -206,10 +180,6 @@ def build(modules_dir: Path, agent: bytes = b"") -> bytes:
             cpio.file(f"lib/modules/{name}", _read_module(modules_dir / path, keep))
             names.append(name)
         cpio.file(listing, ("\n".join(names) + "\n").encode())
-    # modprobe looks in /lib/modules/<uname -r>: that is the flat directory itself.
-    cpio.symlink(f"lib/modules/{modules_dir.name}", ".")
-    cpio.file("lib/modules/modules.dep", modules_dep(order + volume_order + net_order, deps).encode())
-    cpio.file("init", (_DATA / "init.sh").read_bytes(), 0o755)
     return cpio.finish()
 
 
@@ -219,7 +189,7 @@ def cached(modules_dir: Path, cache: Path) -> Path:
 
     key = []
     agent_source = native.source_path("vmagent")
-    for part in (modules_dir / "modules.dep", Path(BUSYBOX), _DATA / "init.sh", Path(__file__), agent_source):
+    for part in (modules_dir / "modules.dep", Path(__file__), agent_source):
         try:
             st = part.stat()
         except OSError:
@@ -236,7 +206,7 @@ def cached(modules_dir: Path, cache: Path) -> Path:
         atomic_write(target, data, durable=False)
         for old in cache.glob(f"{prefix}*.cpio"):
             if old != target:
-                old.unlink(missing_ok=True)  # built for an older busybox, init or module set
+                old.unlink(missing_ok=True)  # built for an older agent or module set
     return target
 
 
