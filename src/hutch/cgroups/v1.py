@@ -41,6 +41,7 @@ class V1Manager(CgroupManager):
     """A container's cgroup in each v1 hierarchy given by ``dirs`` (controller name -> directory)."""
 
     version = "v1"
+    cheap_self_join = True  # through tasks: see add_process
 
     def __init__(self, dirs: dict[str, Path]) -> None:
         if not dirs:
