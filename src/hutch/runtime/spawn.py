@@ -15,8 +15,10 @@ import signal
 
 from hutch.errors import CommandNotExecutable, CommandNotFound, HutchError
 from hutch.linux import syscalls as sc
-from hutch.runtime import init
-from hutch.runtime.rootfs import OverlayRoot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hutch.runtime.rootfs import OverlayRoot
 
 
 class ContainerProcess:
@@ -48,6 +50,11 @@ def spawn(
     "joined" byte before it drops privileges and execs. Either way nothing of the container's ever runs
     outside its cgroup.
     """
+    # why imported here, before the fork, not at the top: the microVM backend takes ContainerProcess from
+    # this module and never runs an init, whose modules (root filesystem, mount options, user namespaces)
+    # are ~2 ms of its start; the child must find them loaded, as it may import nothing after pivot_root.
+    from hutch.runtime import init
+
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     parent_joins = cgroup is not None and not getattr(cgroup, "cheap_self_join", False)
     joined_read, joined_write = os.pipe2(os.O_CLOEXEC) if parent_joins else (None, None)
