@@ -98,11 +98,11 @@ def run(args: InitArgs) -> None:
 def _setup_and_exec(args: InitArgs) -> None:
     spec = args.spec
     process = spec["process"]
-    if args.cgroup is not None:
-        _join_cgroup(args.cgroup)
     # why: until exec, /proc/1/exe of this process is the host's Python; non-dumpable means nothing in the
     # container can open or ptrace it to overwrite the host binary (CVE-2019-5736). exec resets it.
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    if args.cgroup is not None:
+        _join_cgroup(args.cgroup)
     setup.set_stdio(args.stdio)
     os.setsid()
     _enter_namespaces(spec.get("linux", {}).get("namespaces", []))
