@@ -305,6 +305,44 @@ def test_v1_add_process_zero_is_the_caller(make: Factory):
 
 
 @needs_v1
+def test_v1_add_process_zero_moves_every_thread_of_a_threaded_caller(make: Factory):
+    """A single-threaded caller joins through ``tasks`` (no global lock); one with more threads must
+    still move them all, as a cgroup.procs write does."""
+    manager = make("v1")
+    manager.create()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a second thread, then join, report the thread ids, then wait to be killed
+        try:
+            import threading
+
+            os.close(r)
+            release = threading.Event()
+            worker = threading.Thread(target=release.wait, daemon=True)
+            worker.start()
+            manager.add_process(0)
+            os.write(w, " ".join(os.listdir("/proc/self/task")).encode())
+            time.sleep(30)
+        finally:
+            os._exit(1)
+    os.close(w)
+    try:
+        tids = sorted(int(t) for t in os.read(r, 4096).decode().split())
+        assert len(tids) == 2
+        for directory in set(manager.paths().values()):
+            assert sorted(int(t) for t in (directory / "tasks").read_text().split()) == tids
+        manager.destroy()
+        assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    finally:
+        os.close(r)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+@needs_v1
 def test_v1_destroy_is_idempotent(make: Factory):
     manager = make("v1")
     manager.destroy()  # never created

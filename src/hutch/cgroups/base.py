@@ -26,6 +26,9 @@ class CgroupManager(ABC):
     """One container's cgroup, in every hierarchy the backend uses."""
 
     version: str
+    #: Whether ``add_process(0)`` from a just-forked (single-threaded) child is cheap, so the child may join
+    #: by itself; otherwise its parent moves it while it works (see ``runtime.spawn``).
+    cheap_self_join = False
 
     @abstractmethod
     def create(self) -> None:

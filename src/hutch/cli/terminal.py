@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import sys
 
@@ -47,6 +46,8 @@ def relay(master: int, interactive: bool) -> None:
 
 
 def _pump(master: int, stdin: int | None, stdout: int) -> None:
+    import select  # (here: a run without -t never relays, and every run imports this module)
+
     readers = [master] + ([stdin] if stdin is not None else [])
     while True:
         try:

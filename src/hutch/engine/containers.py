@@ -20,8 +20,11 @@ from hutch.engine.options import RunOptions
 from hutch.engine.records import LIVE_STATES, ContainerRecords, Record
 from hutch.errors import Conflict, HutchError, NotFound
 from hutch.fsutil import file_lock
-from hutch.runtime.rootfs import OverlayRoot
 from hutch.runtime.spawn import ContainerProcess, spawn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hutch.runtime.rootfs import OverlayRoot
 
 
 def exit_code_of(status: int) -> int:
@@ -327,6 +330,8 @@ class Engine:
 
     def overlay(self, record: Record) -> OverlayRoot:
         """The container's root as overlayfs mounts it: lower layers, upper and work dirs."""
+        from hutch.runtime.rootfs import OverlayRoot  # (not at the top: a microVM start has no use for it)
+
         cdir = self.container_dir(record.id)
         layers = [Path(p) for p in record.config["layers"]]
         if not layers:

@@ -15,6 +15,7 @@ import os
 import signal
 import struct
 
+from hutch.errors import HutchError
 from hutch.linux import syscalls as sc
 from hutch.runtime import process as setup
 from hutch.runtime import rootfs, seccomp
@@ -48,6 +49,7 @@ class InitArgs:
         "die_with_parent",
         "seccomp_program",
         "userns_fd",
+        "cgroup",
     )
 
     def __init__(
@@ -62,6 +64,7 @@ class InitArgs:
         die_with_parent: bool,
         seccomp_program: bytes | None = None,
         userns_fd: int | None = None,
+        cgroup: object | None = None,
     ) -> None:
         self.spec = spec
         self.rootfs = rootfs
@@ -73,6 +76,7 @@ class InitArgs:
         self.die_with_parent = die_with_parent
         self.seccomp_program = seccomp_program
         self.userns_fd = userns_fd
+        self.cgroup = cgroup  # set when this process joins its cgroup itself (see spawn)
 
 
 def run(args: InitArgs) -> None:
@@ -97,6 +101,8 @@ def _setup_and_exec(args: InitArgs) -> None:
     # why: until exec, /proc/1/exe of this process is the host's Python; non-dumpable means nothing in the
     # container can open or ptrace it to overwrite the host binary (CVE-2019-5736). exec resets it.
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    if args.cgroup is not None:
+        _join_cgroup(args.cgroup)
     setup.set_stdio(args.stdio)
     os.setsid()
     _enter_namespaces(spec.get("linux", {}).get("namespaces", []))
@@ -144,6 +150,14 @@ def _host_root(mappings: list[dict]) -> int:
         if m["containerID"] == 0:
             return m["hostID"]
     raise InitError(125, "the user namespace does not map the container's root (uid 0)")
+
+
+def _join_cgroup(cgroup) -> None:
+    """Move this process into the container's cgroup, before anything of the container's runs."""
+    try:
+        cgroup.add_process(0)
+    except HutchError as err:
+        raise InitError(125, str(err)) from err
 
 
 def _wait_for_cgroup(fd: int | None) -> None:

@@ -15,8 +15,10 @@ import signal
 
 from hutch.errors import CommandNotExecutable, CommandNotFound, HutchError
 from hutch.linux import syscalls as sc
-from hutch.runtime import init
-from hutch.runtime.rootfs import OverlayRoot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hutch.runtime.rootfs import OverlayRoot
 
 
 class ContainerProcess:
@@ -41,13 +43,21 @@ def spawn(
 ) -> ContainerProcess:
     """Fork the container's init and wait until it has exec'd its command (or failed to).
 
-    why the parent moves the child into its cgroup: on cgroup v1 the first migration waits for an RCU grace
-    period inside the kernel (10-30 ms here). Done by the parent, it overlaps with the child building its
-    root filesystem; the child waits for the "joined" byte before it drops privileges and execs, so nothing
-    of the container's ever runs outside its cgroup.
+    Who moves the child into its cgroup: a cgroup.procs write waits for an RCU grace period inside the
+    kernel (10-30 ms here). Where the manager says a process moves itself cheaply (v1: through ``tasks``,
+    see ``V1Manager.add_process``) the child does so first thing, before any set-up; otherwise the parent
+    does it, overlapping the wait with the child building its root filesystem, and the child waits for the
+    "joined" byte before it drops privileges and execs. Either way nothing of the container's ever runs
+    outside its cgroup.
     """
+    # why imported here, before the fork, not at the top: the microVM backend takes ContainerProcess from
+    # this module and never runs an init, whose modules (root filesystem, mount options, user namespaces)
+    # are ~2 ms of its start; the child must find them loaded, as it may import nothing after pivot_root.
+    from hutch.runtime import init
+
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    joined_read, joined_write = os.pipe2(os.O_CLOEXEC) if cgroup is not None else (None, None)
+    parent_joins = cgroup is not None and not getattr(cgroup, "cheap_self_join", False)
+    joined_read, joined_write = os.pipe2(os.O_CLOEXEC) if parent_joins else (None, None)
     parent_sock = child_sock = None
     if spec["process"].get("terminal"):
         import socket
@@ -79,12 +89,13 @@ def spawn(
                 die_with_parent,
                 seccomp_program,
                 userns_fd,
+                cgroup=None if parent_joins else cgroup,
             )
         )
     os.close(write_end)
     if userns_fd is not None:
         os.close(userns_fd)
-    if cgroup is not None:
+    if parent_joins:
         os.close(joined_read)
         _join_cgroup(cgroup, pid, joined_write)
     if child_sock is not None:
