@@ -285,6 +285,19 @@ def test_the_guest_agent_applies_caps_seccomp_user_and_limits_and_the_flags_weak
     _assert_nothing_left(hutch)
 
 
+def test_etc_files_are_bind_mounts_writable_in_a_read_only_root(hutch, busybox):
+    # As Docker's: the engine's /etc files are mounts of their own, so a --read-only container can still
+    # have its /etc/hosts rewritten (by itself, or by hutch when a peer joins its network).
+    script = (
+        "touch /x 2>/dev/null && echo root=rw || echo root=ro; grep -c ' /etc/hosts ' /proc/mounts;"
+        " echo '10.9.9.9 extra' >> /etc/hosts && tail -1 /etc/hosts; cat /etc/hostname"
+    )
+    flags = ("--read-only", "--hostname", "vmbox")
+    out = hutch.ok("run", "--rm", *VM, *flags, busybox, "sh", "-c", script, timeout=120)
+    assert out.splitlines() == ["root=ro", "1", "10.9.9.9 extra", "vmbox"]
+    _assert_nothing_left(hutch)
+
+
 def test_tty_in_the_guest(hutch, busybox):
     from ptysession import shell_session
 

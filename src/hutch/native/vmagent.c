@@ -459,20 +459,48 @@ static int load_modules(const char *listing)
 	return 0;
 }
 
-static int write_file(const char *path, const unsigned char *data, uint32_t len)
+/* An engine-made /etc file (hosts, hostname, resolv.conf) as Docker makes them: a file of its own bind-mounted
+ * over the image's, so it stays writable in a --read-only root and the host's /etc/hosts updates land there.
+ * {root, path in it, content}: the content goes to /rw/etc (the guest's tmpfs, outside the root); the image's
+ * file, or a symlink in its place, is found with RESOLVE_IN_ROOT (nothing in the image can point the mount
+ * outside the root) and made a regular file if it is not one. Skipped for an image without /etc. */
+static int etc_file(const unsigned char *v, uint32_t len)
 {
-	char dir[4096];
-	snprintf(dir, sizeof(dir), "%s", path);
-	char *slash = strrchr(dir, '/');
+	const char *root = (const char *)v, *rel = root + strlen(root) + 1, *name = strrchr(rel, '/');
+	const unsigned char *data = (const unsigned char *)rel + strlen(rel) + 1;
+	char dir[256], source[300], target[64];
+	if (!name || (size_t)(name - rel) >= sizeof(dir))
+		return errno = EINVAL, -1;
+	snprintf(dir, sizeof(dir), "%.*s", (int)(name - rel), rel);
+	snprintf(source, sizeof(source), "/rw/etc/%s", name + 1);
+	struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+			       .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+	int rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), rc = -1, fd;
+	int parent = rootfd < 0 ? -1 : (int)syscall(SYS_openat2, rootfd, dir, &how, sizeof(how));
+	if (parent < 0) {
+		rc = rootfd < 0 ? -1 : 0; /* no such directory in the image: no file */
+		goto out;
+	}
+	if ((mkdir("/rw/etc", 0755) < 0 && errno != EEXIST) ||
+	    (fd = open(source, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644)) < 0)
+		goto out;
+	if (write_all(fd, data, (uint32_t)(v + len - data)) < 0 || close(fd) < 0)
+		goto out;
 	struct stat st;
-	if (slash)
-		*slash = 0;
-	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-		return 0; /* an image without /etc gets no /etc files */
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || write_all(fd, data, len) < 0)
-		return -1;
-	return close(fd);
+	if (fstatat(parent, name + 1, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode) &&
+	    unlinkat(parent, name + 1, S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) < 0)
+		goto out;
+	fd = openat(parent, name + 1, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		goto out;
+	snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+	rc = mount(source, target, NULL, MS_BIND, NULL);
+	close(fd);
+out:
+	for (int *f = (int[]){rootfd, parent}, i = 0; i < 2; i++)
+		if (f[i] >= 0)
+			close(f[i]);
+	return rc;
 }
 
 /* Docker's masked and read-only paths (under the /proc and /sys just mounted: nothing of the container's
@@ -632,8 +660,8 @@ static void build_root(const struct config *c)
 			rc = mount(or_null(source), target, or_null(type), flags, or_null(data));
 			v = target;
 		} else if (st->tag == T_WRITE) {
-			size_t n = strlen(v) + 1;
-			rc = write_file(v, st->value + n, st->len - (uint32_t)n);
+			rc = etc_file(st->value, st->len);
+			v += strlen(v) + 1;
 		} else if (st->tag == T_DEVICES)
 			rc = make_devices(v);
 		else if (st->tag == T_HOSTNAME)
@@ -897,6 +925,12 @@ static void update_hosts(pid_t cpid, const unsigned char *data, uint32_t len)
 	int rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	int etc = rootfd < 0 ? -1 : (int)syscall(SYS_openat2, rootfd, "etc", &how, sizeof(how));
 	int fd = etc < 0 ? -1 : openat(etc, ".hosts.hutch", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == EROFS) { /* a --read-only root: its /etc/hosts is a writable bind mount */
+		fd = openat(etc, "hosts", O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0)
+			write_all(fd, data, len), close(fd);
+		fd = -1;
+	}
 	if (fd >= 0) {
 		int ok = write_all(fd, data, len) == 0 && fchmod(fd, 0644) == 0;
 		close(fd);

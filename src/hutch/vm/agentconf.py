@@ -49,9 +49,10 @@ def mount(fstype: str, source: str, target: str, flags: int = 0, data: str = "")
     return _record(MOUNT, struct.pack("<Q", flags) + fields)
 
 
-def write(path: str, content: str) -> bytes:
-    """Write a file, if its directory exists (an image without /etc gets no /etc files)."""
-    return _record(WRITE, path.encode() + b"\0" + content.encode())
+def etc_file(root: str, path: str, content: str) -> bytes:
+    """An engine-made file at ``path`` (relative) in ``root``, bind-mounted from the guest's tmpfs over the
+    image's, as Docker does; skipped if its directory is not in the image (no /etc, no /etc files)."""
+    return _record(WRITE, root.encode() + b"\0" + path.encode() + b"\0" + content.encode())
 
 
 def devices(directory: str) -> bytes:

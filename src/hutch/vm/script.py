@@ -78,7 +78,7 @@ def _dev_records(d: str) -> list[bytes]:
 
 
 def _etc_records(spec: dict) -> list[bytes]:
-    """The engine's generated /etc files (hosts, hostname, resolv.conf), copied into the overlay."""
+    """The engine's generated /etc files (hosts, hostname, resolv.conf), bind-mounted as Docker's are."""
     records = []
     for m in spec.get("mounts", []):
         dest = m["destination"]
@@ -87,7 +87,7 @@ def _etc_records(spec: dict) -> list[bytes]:
                 content = Path(m["source"]).read_text()
             except OSError:
                 continue
-            records.append(agentconf.write(ROOT + dest, content))
+            records.append(agentconf.etc_file(ROOT, dest.lstrip("/"), content))
     return records
 
 
