@@ -46,6 +46,16 @@ OWN = parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
 V2_MOUNTS = [m for m in MOUNTS if m.fstype == "cgroup2"]
 
 
+def _close_and_reap(fd: int, pid: int) -> None:
+    """A forked test child's pipe closed and the child gone, whatever the test reached."""
+    os.close(fd)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
 def host_version() -> str | None:
     try:
         return detect()
@@ -296,12 +306,7 @@ def test_v1_add_process_zero_is_the_caller(make: Factory):
         manager.destroy()
         assert os.waitpid(pid, 0)[1] == signal.SIGKILL
     finally:
-        os.close(r)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        _close_and_reap(r, pid)
 
 
 @needs_v1
@@ -334,12 +339,7 @@ def test_v1_add_process_zero_moves_every_thread_of_a_threaded_caller(make: Facto
         manager.destroy()
         assert os.waitpid(pid, 0)[1] == signal.SIGKILL
     finally:
-        os.close(r)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        _close_and_reap(r, pid)
 
 
 @needs_v1
