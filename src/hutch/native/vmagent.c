@@ -461,9 +461,11 @@ static int load_modules(const char *listing)
 
 /* An engine-made /etc file (hosts, hostname, resolv.conf) as Docker makes them: a file of its own bind-mounted
  * over the image's, so it stays writable in a --read-only root and the host's /etc/hosts updates land there.
- * {root, path in it, content}: the content goes to /rw/etc (the guest's tmpfs, outside the root); the image's
+ * {root, path in it, content}: the content goes to ETC_DIR (the guest's tmpfs, outside the root); the image's
  * file, or a symlink in its place, is found with RESOLVE_IN_ROOT (nothing in the image can point the mount
  * outside the root) and made a regular file if it is not one. Skipped for an image without /etc. */
+#define ETC_DIR "/rw/etc"
+
 static int etc_file(const unsigned char *v, uint32_t len)
 {
 	const char *root = (const char *)v, *rel = root + strlen(root) + 1, *name = strrchr(rel, '/');
@@ -472,7 +474,7 @@ static int etc_file(const unsigned char *v, uint32_t len)
 	if (!name || (size_t)(name - rel) >= sizeof(dir))
 		return errno = EINVAL, -1;
 	snprintf(dir, sizeof(dir), "%.*s", (int)(name - rel), rel);
-	snprintf(source, sizeof(source), "/rw/etc/%s", name + 1);
+	snprintf(source, sizeof(source), ETC_DIR "/%s", name + 1);
 	struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
 			       .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
 	int rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), rc = -1, fd;
@@ -481,7 +483,7 @@ static int etc_file(const unsigned char *v, uint32_t len)
 		rc = rootfd < 0 ? -1 : 0; /* no such directory in the image: no file */
 		goto out;
 	}
-	if ((mkdir("/rw/etc", 0755) < 0 && errno != EEXIST) ||
+	if ((mkdir(ETC_DIR, 0755) < 0 && errno != EEXIST) ||
 	    (fd = open(source, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644)) < 0)
 		goto out;
 	if (write_all(fd, data, (uint32_t)(v + len - data)) < 0 || close(fd) < 0)
@@ -911,39 +913,16 @@ static void set_winsize(int fd, const unsigned char *rc)
 		ioctl(fd, TIOCSWINSZ, &ws);
 }
 
-/* The host's new /etc/hosts for the container (its peers on a user network changed), through the
- * container's root as its pid 1 sees it. why openat2 RESOLVE_IN_ROOT: the container owns its /etc and
- * could make it a symlink out of its root into the agent's files (the file is written as the guest's root,
- * as CVE-2019-14271's docker cp was). Written as a temp file and renamed; a rename onto a mount point
- * fails (EBUSY), and a bind-mounted file is rewritten in place instead. */
-static void update_hosts(pid_t cpid, const unsigned char *data, uint32_t len)
+/* The host's new /etc/hosts for the container (its peers on a user network changed): written in place into
+ * the file under ETC_DIR that the container's /etc/hosts is a bind mount of (see etc_file), which is
+ * outside the container's root, so nothing the container does to its own /etc can redirect the write; in
+ * place, so the mount keeps the file (and a --read-only root is no obstacle). No file there: the image has
+ * no /etc, and no hosts file to update. */
+static void update_hosts(const unsigned char *data, uint32_t len)
 {
-	char root[64];
-	snprintf(root, sizeof(root), "/proc/%d/root", cpid);
-	struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
-			       .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
-	int rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	int etc = rootfd < 0 ? -1 : (int)syscall(SYS_openat2, rootfd, "etc", &how, sizeof(how));
-	int fd = etc < 0 ? -1 : openat(etc, ".hosts.hutch", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (fd < 0 && errno == EROFS) { /* a --read-only root: its /etc/hosts is a writable bind mount */
-		fd = openat(etc, "hosts", O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
-		if (fd >= 0)
-			write_all(fd, data, len), close(fd);
-		fd = -1;
-	}
-	if (fd >= 0) {
-		int ok = write_all(fd, data, len) == 0 && fchmod(fd, 0644) == 0;
-		close(fd);
-		if (ok && renameat(etc, ".hosts.hutch", etc, "hosts") < 0 && errno == EBUSY) {
-			fd = openat(etc, "hosts", O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
-			if (fd >= 0)
-				write_all(fd, data, len), close(fd);
-		}
-		unlinkat(etc, ".hosts.hutch", 0); /* gone already after a rename */
-	}
-	for (int *f = (int[]){rootfd, etc}, i = 0; i < 2; i++)
-		if (f[i] >= 0)
-			close(f[i]);
+	int fd = open(ETC_DIR "/hosts", O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0)
+		write_all(fd, data, len), close(fd);
 }
 
 /* Frames from the host's exec port; `buf` holds what has arrived, the complete frames are consumed. */
@@ -963,7 +942,7 @@ static size_t handle_frames(unsigned char *buf, size_t used, pid_t cpid, int sel
 		if (type == F_START)
 			start_exec(id, data, len, cpid, self_pidns);
 		else if (type == F_HOSTS && id == 0)
-			update_hosts(cpid, data, len);
+			update_hosts(data, len);
 		else if (e && type == F_STDIN)
 			stdin_frame(id, e, data, len);
 		else if (e && type == F_CREDIT && len == 4) /* the client took n bytes of output */

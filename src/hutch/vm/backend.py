@@ -48,13 +48,15 @@ class VmSettings:
 
 
 def prepare(settings: VmSettings, layers: list[Path], cache: Path, scratch: Path) -> dict:
-    """The cached artefacts a guest boots from; builds what is missing."""
+    """The cached artefacts a guest boots from (builds what is missing), the accelerator, and the host's
+    TSC frequency its kernel command line carries."""
     k = kernel.find_kernel(settings.kernel)
     vmlinux = kernel.vmlinux(k, cache)
     initrd = initramfs.cached(k.modules_dir, cache)
     disk = rootdisk.ensure(cache / "disks", layers, scratch)
     chosen = accel.choose(settings.accel, vmlinux, initrd, cache)
-    return {"vmlinux": str(vmlinux), "initrd": str(initrd), "disk": str(disk), "accel": chosen}
+    paths = {"vmlinux": str(vmlinux), "initrd": str(initrd), "disk": str(disk)}
+    return {**paths, "accel": chosen, "khz": qemu.tsc_khz()}
 
 
 def start(
@@ -157,7 +159,7 @@ def _argv(
         port_fds={name: theirs[name].fileno() for name in qemu.PORTS},
         qmp_fd=theirs["qmp"].fileno(),
         console_log=str(state_dir / "console.log"),
-        khz=qemu.tsc_khz(),
+        khz=parts["khz"],
         extra_cmdline=qemu.NET_CMDLINE if nic is not None else "",
         extra_machine=machine,
         extra_argv=share_argv + (["-incoming", "defer"] if parts.get("template") else []),
@@ -171,7 +173,7 @@ def _template_for(settings: VmSettings, parts: dict, cache: Path, state_dir: Pat
     nic = parts.get("nic")
     path = template.template_path(
         cache, parts["vmlinux"], parts["initrd"], settings.memory_mib, settings.cpus, parts["accel"],
-        nic=nic is not None, stage=stage, boot=qemu.boot_identity(parts["accel"], qemu.tsc_khz()),
+        nic=nic is not None, stage=stage, boot=qemu.boot_identity(parts["accel"], parts["khz"]),
     )  # fmt: skip
     if not path.exists():
         ours, theirs = supervisor.port_pairs()

@@ -69,10 +69,10 @@ def binary(accel: str, volumes: bool = False) -> str:
     return QEMU
 
 
-def boot_identity(accel: str, khz: int, volumes: bool = False) -> str:
-    """What a saved guest was booted with beyond its kernel and initramfs: a template restores only in
-    the same QEMU build, CPU model and kernel command line."""
-    return f"{binary(accel, volumes)} {cpu_model(accel)} {kernel_cmdline(khz)}"
+def boot_identity(accel: str, khz: int) -> str:
+    """What a template guest was booted with beyond its kernel and initramfs (a template has no volumes):
+    it restores only in the same QEMU build, CPU model and kernel command line."""
+    return f"{binary(accel)} {cpu_model(accel)} {kernel_cmdline(khz)}"
 
 
 def command(
