@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "src"))
 
 import busybox_rootfs  # noqa: E402
+from density import cpu_ticks  # noqa: E402
 from hutch_networks import teardown_networks  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -192,15 +193,9 @@ def guest_ram_pss_kib(pid: int) -> int:
 def cpu_percent(pid: int, seconds: float = 5.0) -> float:
     """Host CPU an idle process burns (utime + stime over ``seconds``), in % of one core: an idle guest
     that still ticks at 250 Hz costs ~7% under TCG, a tickless one ~1% (the density of idle guests)."""
-
-    def ticks() -> int:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-
-    before = ticks()
+    before = cpu_ticks(pid)
     time.sleep(seconds)
-    return round((ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds * 100, 1)
+    return round((cpu_ticks(pid) - before) / os.sysconf("SC_CLK_TCK") / seconds * 100, 1)
 
 
 def detached(root: Path, accel: str) -> tuple[str, int, int]:
