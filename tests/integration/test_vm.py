@@ -54,6 +54,11 @@ def test_echo_hi_from_a_template_clone(hutch, busybox):
         assert (result.code, result.out) == (0, "hi\n"), result.err
     templates = sorted(p.suffix for p in (hutch.root / "cache" / "vm" / "templates").iterdir())
     assert templates == [".mig", ".ram"]  # device state, and the RAM file clones map
+    # A clone's clocks resume where the template's stood when it was saved: the host sets the time.
+    time.sleep(3)
+    before = int(time.time())
+    guest = hutch.ok("run", "--rm", *VM, busybox, "date", "+%s", timeout=120)
+    assert before - 1 <= int(guest) <= time.time() + 1, f"guest {guest.strip()}, host {before}"
     _assert_nothing_left(hutch)
     disks = hutch.root / "cache" / "vm" / "disks"
     assert len(list(disks.glob("*.erofs"))) == 1

@@ -102,6 +102,10 @@ def run(
             _send(ports["qmp"], restore_requests(saved))
         _send(ctl, launch.stage + launch.config)  # QEMU may die first
         problem = _await_up(ctl, launch.boot_timeout)
+        if not problem:
+            # the guest's clock, which its pid 1 awaits before the command runs: a clone's resumes where its
+            # template's stood when saved (hours or days ago); a cold guest's RTC holds whole seconds only
+            _send(ctl, b"time %d\n" % time.time_ns())
         _stamp("up")
         if problem and launch.restore is not None:
             problem = _restore_failure(launch, ports["qmp"]) or problem
