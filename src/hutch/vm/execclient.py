@@ -54,6 +54,11 @@ def spawn(
     if pid == 0:
         code = 125
         try:
+            from hutch.runtime.process import close_extra_fds
+
+            # why: a caller's fd held here lives as long as the exec; the other end of a pipe the caller
+            # feeds as the exec's stdin would then never reach EOF (hutch cp writes a tar stream so).
+            close_extra_fds(sock.fileno(), *stdio)
             if die_with_parent:
                 from hutch.linux import syscalls as sc
 
