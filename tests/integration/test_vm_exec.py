@@ -121,3 +121,57 @@ def test_forty_execs_at_once(hutch, vm_container):
     assert [r[0] for r in results] == [f"{n}\n".encode() for n in range(40)]
     hutch.ok("rm", "-f", "c", timeout=60)
     _assert_nothing_left(hutch)
+
+
+def test_cp_goes_through_the_guest_both_ways_and_never_touches_the_host(hutch, vm_container, tmp_path):
+    # The record's pid is the VM's supervisor, a host process: a copy must not land in (or read from) the
+    # host's filesystem through it. It travels as tar through the guest agent instead.
+    marker = f"hutch-cp-{os.getpid()}"
+    vm_container(
+        "sh",
+        "-c",
+        "mkdir -p /data/sub; echo a > /data/a; echo b > /data/sub/b; ln -s /data /link; sleep 1000",
+    )
+    (tmp_path / "up.txt").write_text("up\n")
+    os.chown(tmp_path / "up.txt", 1234, 1234)
+    hutch.ok("cp", str(tmp_path / "up.txt"), f"c:/tmp/{marker}")
+    assert not os.path.exists(f"/tmp/{marker}")  # not on the host
+    assert hutch.ok("exec", "c", "stat", "-c", "%u %s", f"/tmp/{marker}") == "0 3\n"  # the container's root
+    hutch.ok("cp", "-a", str(tmp_path / "up.txt"), "c:/tmp/")
+    assert hutch.ok("exec", "c", "stat", "-c", "%u", "/tmp/up.txt") == "1234\n"  # -a keeps the owner
+
+    out = tmp_path / "out"
+    out.mkdir()
+    hutch.ok("cp", "c:/data", str(out))
+    assert (out / "data" / "a").read_text() == "a\n" and (out / "data" / "sub" / "b").read_text() == "b\n"
+    hutch.ok("cp", "c:/data/a", str(out / "renamed"))
+    assert (out / "renamed").read_text() == "a\n"
+    hutch.ok("cp", "-L", "c:/link", str(out / "followed"))
+    assert (out / "followed" / "sub" / "b").read_text() == "b\n"
+    hutch.ok("cp", "-L", "c:/link", str(out))  # into a directory: named by the link, not its target
+    assert (out / "link" / "a").read_text() == "a\n"
+
+    missing = hutch("cp", "c:/nope", str(out))
+    assert (
+        missing.code != 0 and missing.err.strip() == "hutch: could not find the file /nope in the container"
+    )
+    nodir = hutch("cp", str(tmp_path / "up.txt"), "c:/nodir/x/")
+    assert nodir.code != 0 and "does not exist" in nodir.err and len(nodir.err.strip().splitlines()) == 1
+
+    hutch.ok("stop", "-t", "0", "c", timeout=60)
+    refused = hutch("cp", str(tmp_path / "up.txt"), "c:/tmp/")
+    assert refused.code != 0 and "writable layer lives in the guest's memory" in refused.err
+    hutch.ok("cp", "c:/bin/busybox", str(out / "busybox"))  # a stopped one's files: its image's
+    assert (out / "busybox").stat().st_size > 100_000
+    hutch.ok("rm", "-f", "c", timeout=60)
+    _assert_nothing_left(hutch)
+
+
+def test_no_container_joins_a_microvms_network(hutch, vm_container, busybox):
+    # A microVM's network stack is its guest kernel's; the host process behind its record holds the
+    # host's namespaces, which a container joining it would get instead.
+    vm_container("sleep", "1000")
+    result = hutch("run", "--rm", "--network", "container:c", busybox, "true")
+    assert result.code == 125 and "microVM" in result.err and len(result.err.strip().splitlines()) == 1
+    hutch.ok("rm", "-f", "c", timeout=60)
+    _assert_nothing_left(hutch)

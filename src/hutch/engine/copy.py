@@ -18,7 +18,7 @@ import tarfile
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from hutch.errors import HutchError, InvalidArgument, NotFound
+from hutch.errors import Conflict, HutchError, InvalidArgument, NotFound
 
 
 class Plan:
@@ -71,8 +71,11 @@ def send(src: str, out: BinaryIO, follow: bool, where: str = "in the container")
     del st
 
 
-def receive(stream: BinaryIO, dest: str, on_host: bool, archive: bool, contents_only: bool) -> None:
-    """Extract the tar ``stream`` at ``dest`` by Docker's rules."""
+def receive(
+    stream: BinaryIO, dest: str, on_host: bool, archive: bool, contents_only: bool, name: str | None = None
+) -> None:
+    """Extract the tar ``stream`` at ``dest`` by Docker's rules; ``name``: what the archive's top entry
+    stands for, when the sender named it otherwise (a followed link, archived under its target's name)."""
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         first = tar.next()
         if first is None:
@@ -83,9 +86,11 @@ def receive(stream: BinaryIO, dest: str, on_host: bool, archive: bool, contents_
         except FileNotFoundError:
             kind = None
         plan = target_plan(dest, kind, first.isdir(), contents_only)
+        top = first.name.rstrip("/")
+        if name is not None and plan.rename is None and not plan.contents_only and name != top:
+            plan.rename = name
         if kind is None and not os.path.isdir(plan.directory):
             raise NotFound(f"destination directory {plan.directory} does not exist")
-        top = first.name.rstrip("/")
         member = first
         while member is not None:
             placed = _place(member, top, plan)
@@ -147,6 +152,10 @@ def copy(engine, src: str, dest: str, follow: bool = False, archive: bool = Fals
     if src_ctr is not None and not src_path.startswith("/"):
         src_path = "/" + src_path
     record = engine.lookup(src_ctr or dest_ctr)
+    if record.config.get("options", {}).get("isolation") == "vm" and _copy_vm(
+        engine, record, src_ctr, src_path, dest_path, follow, archive
+    ):
+        return
     data_r, data_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -189,6 +198,27 @@ def copy(engine, src: str, dest: str, follow: bool = False, archive: bool = Fals
         raise exc
     if status != 0:
         raise HutchError(f"copy failed inside the container (status {status})")
+
+
+def _copy_vm(engine, record, src_ctr, src_path: str, dest_path: str, follow: bool, archive: bool) -> bool:
+    """Whether this copy with a microVM container is done. Its files are in its guest (``vmcopy``); once it
+    has stopped, what is left on the host is its image (its writable layer lived in the guest's memory):
+    a copy out of it reads the image (the caller's usual path, False), a copy into it is refused rather
+    than lost. Its record's pid is never entered: that is the VM's supervisor, a host process."""
+    from hutch.engine import vmcopy
+
+    if record.state in ("running", "paused"):
+        if src_ctr is not None:
+            vmcopy.copy_out(engine, record.id, src_path, dest_path, follow, archive)
+        else:
+            vmcopy.copy_in(engine, record.id, src_path, dest_path, follow, archive)
+        return True
+    if src_ctr is None:
+        raise Conflict(
+            f"cannot copy into microVM container {record.name} while it is {record.state}: "
+            "its writable layer lives in the guest's memory"
+        )
+    return False
 
 
 def _child(engine, record, from_container, src, dest, data_r, data_w, err_w, follow, archive) -> None:
