@@ -43,6 +43,7 @@ def check_create(engine, opts, image_config: dict) -> dict:
             )
     if mode.startswith("container:"):
         other = engine.records.lookup(mode.partition(":")[2])
+        _check_joinable(other)
         return {"publish": [], "container": other.id}
     if is_bridged(mode):
         if not manager(engine).exists(mode):
@@ -52,6 +53,15 @@ def check_create(engine, opts, image_config: dict) -> dict:
 
             check_free(publish)
     return {"publish": publish}
+
+
+def _check_joinable(other) -> None:
+    """A microVM container's network stack is its guest kernel's; the host process behind its record (the
+    VM's supervisor) holds the host's namespaces, which a container joining it would get instead."""
+    if other.config.get("options", {}).get("isolation") == "vm":
+        raise InvalidArgument(
+            f"--network container:{other.name}: it runs in a microVM, whose network is its own"
+        )
 
 
 def shared_etc(engine, opts, cdir, network: dict) -> dict[str, str] | None:
@@ -73,6 +83,7 @@ def attach(engine, record):
     mode = opts.get("network", "none")
     if mode.startswith("container:"):
         other = engine.lookup(record.config["network"]["container"])
+        _check_joinable(other)
         if other.state != "running":
             raise Conflict(f"cannot join the network of container {other.name}: it is not running")
         return f"/proc/{other.pid}/ns/net"
