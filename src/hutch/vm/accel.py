@@ -1,7 +1,9 @@
 """Choosing the accelerator: KVM when it really runs the guest kernel, TCG otherwise.
 
 ``/dev/kvm`` existing proves little here: on these hosts it is a paravirtual hypervisor that runs only
-guest kernels built for it, and a stock kernel fails with an emulation error or crawls. So ``auto`` boots
+guest kernels built for it (PVM, the ``kvm_pvm`` module: a hypervisor for nested guests without hardware
+nesting, whose guests are kernels built with ``CONFIG_PVM_GUEST``), and a stock kernel fails with an
+emulation error or crawls. So ``auto`` boots
 the guest kernel once under KVM with a short deadline (the init prints a marker and powers off at once),
 and remembers the verdict until the host reboots (keyed by ``/proc/sys/kernel/random/boot_id``).
 """
@@ -45,8 +47,15 @@ def choose(choice: str, vmlinux: Path, initrd: Path, cache: Path) -> str:
         atomic_write(verdict_file, json.dumps(verdict).encode(), durable=False)
     if verdict.get("kvm"):
         return "kvm"
-    _warn("KVM cannot run the guest kernel on this host")
+    _warn(f"KVM cannot run the guest kernel on this host{_why_not()}")
     return "tcg"
+
+
+def _why_not() -> str:
+    """What the kernel's KVM is, when that explains a failed probe."""
+    if os.path.isdir("/sys/module/kvm_pvm"):
+        return " (its KVM is PVM, which runs only kernels built as PVM guests)"
+    return ""
 
 
 def _warn(reason: str) -> None:
