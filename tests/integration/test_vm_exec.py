@@ -167,10 +167,20 @@ def test_cp_goes_through_the_guest_both_ways_and_never_touches_the_host(hutch, v
     _assert_nothing_left(hutch)
 
 
-def test_no_container_joins_a_microvms_network(hutch, vm_container, busybox):
-    # A microVM's network stack is its guest kernel's; the host process behind its record holds the
-    # host's namespaces, which a container joining it would get instead.
-    vm_container("sleep", "1000")
+def test_top_lists_the_guests_processes_and_no_container_joins_its_network(hutch, vm_container, busybox):
+    # The record's pid is the VM's supervisor, a host process: top must list the guest's processes, not
+    # the host's, and a container joining the microVM's network would get the host's namespace instead.
+    vm_container("sh", "-c", "sleep 500 & sleep 600")
+    expected = ["sleep 500", "sleep 600"]
+    for _ in range(100):  # the shell forks and execs after run -d returns
+        rows = [line.split(None, 4) for line in hutch.ok("top", "c").splitlines()[1:]]
+        if sorted(r[4] for r in rows) == expected:
+            break
+        time.sleep(0.2)
+    assert sorted(r[4] for r in rows) == expected, rows
+    by_cmd = {r[4]: r for r in rows}
+    assert by_cmd["sleep 600"][:3] == ["0", "1", "0"]  # uid, pid and ppid as the container sees them
+    assert by_cmd["sleep 500"][2] == "1"
     result = hutch("run", "--rm", "--network", "container:c", busybox, "true")
     assert result.code == 125 and "microVM" in result.err and len(result.err.strip().splitlines()) == 1
     hutch.ok("rm", "-f", "c", timeout=60)

@@ -137,10 +137,17 @@ def _cancel_restart(engine: Engine, record: Record) -> Record:
 
 
 def processes(engine: Engine, ref: str) -> list[dict]:
-    """``top``: the processes in the container's cgroup, read from /proc as ``ps -ef`` would show them."""
+    """``top``: the processes in the container's cgroup, read from /proc as ``ps -ef`` would show them; a
+    microVM container's, which live in its guest, as the guest agent lists them (its cgroup holds QEMU)."""
     record = engine.lookup(ref)
     if record.state not in ("running", "paused"):
         raise Conflict(f"container {record.name} is not running")
+    if record.config.get("options", {}).get("isolation") == "vm":
+        if record.state == "paused":
+            raise Conflict(f"container {record.name} is paused: its guest cannot answer until unpaused")
+        from hutch.vm.processes import list_processes
+
+        return list_processes(record.id, record.name)
     result = []
     for pid in sorted(cgroup_of(record).pids()):
         info = _proc_info(pid)

@@ -12,14 +12,15 @@ while the process is being started); the agent grants more stdin with CREDIT fra
 what the process took, and the client sends no more stdin than it was granted; the agent keeps what a
 process has not read yet (at most a window) and never blocks on it. Output the other way: the agent reads
 a process's output only while the client's credit lasts, and the client sends CREDIT for what it wrote
-out. HOSTS (id 0, supervisor to agent) carries a new /etc/hosts for the container.
+out. HOSTS (id 0, supervisor to agent) carries a new /etc/hosts for the container. PS asks the agent for
+the container's processes (``hutch top``): it answers with one STDOUT frame and an EXIT.
 """
 
 from __future__ import annotations
 
 import struct
 
-START, STDIN, SIGNAL, WINCH, STDOUT, STDERR, EXIT, CREDIT, HOSTS = range(1, 10)
+START, STDIN, SIGNAL, WINCH, STDOUT, STDERR, EXIT, CREDIT, HOSTS, PS = range(1, 11)
 HEADER = struct.Struct("<BBHI")
 MAX_FRAME = 1 << 20  # the agent's receive buffer: a larger frame could never be taken in
 WINDOW = 128 << 10  # each exec's first credit, both ways: must equal WINDOW in native/vmagent.c

@@ -507,7 +507,7 @@ class ExecRouter:
             if len(payload) > client.credit:
                 return False
             client.credit -= len(payload)
-        elif kind not in (frames.START, frames.SIGNAL, frames.WINCH, frames.CREDIT):
+        elif kind not in (frames.START, frames.SIGNAL, frames.WINCH, frames.CREDIT, frames.PS):
             return False
         self.send_to_guest(frames.pack(kind, client.ident, payload))
         return True
