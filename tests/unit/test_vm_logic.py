@@ -106,7 +106,7 @@ def _spec(**process) -> dict:
 
 
 def _records(config: bytes) -> dict[int, list[bytes]]:
-    """The guest agent's config read back the way vmagent.c reads it."""
+    """The guest agent's config read back the way the agent (native/vmagent/config.c) reads it."""
     (total,) = struct.unpack_from("<I", config)
     assert total == len(config) - 4
     found: dict[int, list[bytes]] = {}

@@ -23,13 +23,40 @@ def program(name: str, cache_dir: Path, static: bool = False) -> str:
     stat is all a warm call costs. ``static``: linked statically and optimised for size, for a guest whose
     initramfs has no C library (``vmagent``; Debian's libc6-dev ships libc.a).
     """
-    source = _SOURCES / f"{name}.c"
-    st = source.stat()
+    sources = source_files(name)
     kind = "-static" if static else ""
-    target = cache_dir / f"hutch-{name}{kind}-{st.st_size:x}-{st.st_mtime_ns:x}"
+    target = cache_dir / f"hutch-{name}{kind}-{version(name)}"
     if os.access(target, os.X_OK):
         return str(target)
-    return _compile(source, target, ["-static", "-Os"] if static else ["-O2"], static)
+    return _compile(name, sources, target, ["-static", "-Os"] if static else ["-O2"], static)
+
+
+def source_files(name: str) -> list[Path]:
+    """``name.c``, or the .c files of the directory ``name`` (a program of several modules and a header)."""
+    single = _SOURCES / f"{name}.c"
+    if single.exists():
+        return [single]
+    directory = _SOURCES / name
+    try:
+        return sorted(directory.glob("*.c")) or [single]
+    except OSError:
+        return [single]
+
+
+def version(name: str) -> str:
+    """Size and mtime of ``name``'s sources (headers too): a build's name, so that an upgrade never runs a
+    stale build and a warm call costs a few stats."""
+    single = _SOURCES / f"{name}.c"
+    parts = [single] if single.exists() else sorted((_SOURCES / name).glob("*.[ch]"))
+    if not parts:
+        raise HutchError(f"hutch-{name}: no source in {_SOURCES}")
+    if len(parts) == 1:
+        st = parts[0].stat()
+        return f"{st.st_size:x}-{st.st_mtime_ns:x}"
+    import zlib
+
+    facts = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
+    return f"{zlib.crc32(facts):08x}{zlib.adler32(facts):08x}"  # distinct names, no hashlib (OpenSSL)
 
 
 def _multiarch() -> str:
@@ -37,12 +64,7 @@ def _multiarch() -> str:
     return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(machine, f"{machine}-linux-gnu")
 
 
-def source_path(name: str) -> Path:
-    """The C source of ``name``, for callers whose caches depend on it."""
-    return _SOURCES / f"{name}.c"
-
-
-def _compile(source: Path, target: Path, flags: list[str], static: bool = False) -> str:
+def _compile(name: str, sources: list[Path], target: Path, flags: list[str], static: bool = False) -> str:
     import shutil
     import subprocess
 
@@ -54,15 +76,18 @@ def _compile(source: Path, target: Path, flags: list[str], static: bool = False)
         compiler = "musl-gcc"
         flags = [*flags, "-idirafter", "/usr/include", "-idirafter", f"/usr/include/{_multiarch()}"]
     if not compiler:
-        raise HutchError(f"building hutch-{source.stem} needs a C compiler: install gcc (or set CC)")
+        raise HutchError(f"building hutch-{name} needs a C compiler: install gcc (or set CC)")
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}")
     result = subprocess.run(
-        [compiler, *flags, "-s", "-o", str(temp), str(source)], capture_output=True, text=True, check=False
+        [compiler, *flags, "-s", "-o", str(temp), *map(str, sources)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         temp.unlink(missing_ok=True)
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HutchError(f"building hutch-{source.stem} with {compiler} failed: {detail}")
+        raise HutchError(f"building hutch-{name} with {compiler} failed: {detail}")
     os.rename(temp, target)  # atomic: concurrent builders each rename a complete binary
     return str(target)

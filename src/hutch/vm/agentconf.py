@@ -1,4 +1,4 @@
-"""What the guest agent (``native/vmagent.c``) needs to start one process: the container's or an exec's.
+"""What the guest agent (``native/vmagent/``) needs to start one process: the container's or an exec's.
 
 The host resolves everything the agent would otherwise need a library for: the user (from the image's
 /etc/passwd and /etc/group), the capability masks (Docker's rules: a non-root user keeps only the bounding

@@ -4,7 +4,7 @@ virtio-serial ports are fixed when QEMU starts (and a template clone must have i
 execs cannot get ports of their own. Instead one port, ``hutch.exec``, carries frames
 ``{u8 type, u8 id, u16 0, u32 length}`` + payload, little-endian, in both directions. ``hutch exec`` speaks
 the same frames to the VM's supervisor over a unix socket; the supervisor only rewrites the id (one per
-connected client) and routes. The guest agent (``native/vmagent.c``) starts, feeds and reaps the processes.
+connected client) and routes. The guest agent (``native/vmagent/``) starts, feeds and reaps the processes.
 
 Flow control, as SSH channel windows: all execs share the port, so no process may hold it up. Each
 direction starts with WINDOW bytes of credit per exec (implicit, as HTTP/2's initial window: stdin flows
@@ -23,7 +23,7 @@ import struct
 START, STDIN, SIGNAL, WINCH, STDOUT, STDERR, EXIT, CREDIT, HOSTS, PS = range(1, 11)
 HEADER = struct.Struct("<BBHI")
 MAX_FRAME = 1 << 20  # the agent's receive buffer: a larger frame could never be taken in
-WINDOW = 128 << 10  # each exec's first credit, both ways: must equal WINDOW in native/vmagent.c
+WINDOW = 128 << 10  # each exec's first credit, both ways: must equal WINDOW in native/vmagent/agent.h
 # Credit is returned in batches (fewer frames through the relays): a quarter of the window, so a sender
 # never waits on an unsent batch.
 CREDIT_BATCH = WINDOW // 4

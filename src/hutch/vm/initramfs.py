@@ -1,4 +1,4 @@
-"""The guest's initramfs: hutch's guest agent as /init (``native/vmagent.c``, compiled statically on the
+"""The guest's initramfs: hutch's guest agent as /init (``native/vmagent/``, compiled statically on the
 host) and only the kernel modules the guest needs; nothing else.
 
 Built once per (kernel release, agent source, this module) and cached. It is a newc cpio compressed with LZ4
@@ -187,9 +187,8 @@ def cached(modules_dir: Path, cache: Path) -> Path:
     """The initramfs for ``modules_dir``, built on first use; keyed by what goes into it."""
     from hutch import native
 
-    key = []
-    agent_source = native.source_path("vmagent")
-    for part in (modules_dir / "modules.dep", Path(__file__), agent_source):
+    key = [f"agent:{native.version('vmagent')}"]
+    for part in (modules_dir / "modules.dep", Path(__file__)):
         try:
             st = part.stat()
         except OSError:

@@ -1,6 +1,6 @@
 """The container's root and process, as the guest sets them up (stage 2).
 
-The guest has busybox, hutch's agent (``native/vmagent.c``) and nothing else; so the host, which has the OCI
+The guest has busybox, hutch's agent (``native/vmagent/``) and nothing else; so the host, which has the OCI
 spec, turns it into plain records for the agent (``vm/agentconf.py``): the root's set-up steps (the
 container's /proc, /sys, /dev with devpts and /dev/shm, the engine's /etc files, ``--tmpfs``, volumes,
 Docker's masked and read-only paths, the hostname, ``--read-only``), which the agent performs as pid 1 of
