@@ -5,7 +5,13 @@ from hutch.vm.processes import parse_line
 
 def test_a_line_becomes_ps_columns_with_the_guests_clock_ticks():
     row = parse_line("1000\t7\t1\t36612\tsh -c sleep 1; echo\tdone")
-    assert row == {"UID": "1000", "PID": "7", "PPID": "1", "TIME": "00:06:06", "CMD": "sh -c sleep 1; echo\tdone"}
+    assert row == {
+        "UID": "1000",
+        "PID": "7",
+        "PPID": "1",
+        "TIME": "00:06:06",
+        "CMD": "sh -c sleep 1; echo\tdone",
+    }
 
 
 def test_malformed_lines_are_skipped():
