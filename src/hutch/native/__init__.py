@@ -90,4 +90,8 @@ def _compile(name: str, sources: list[Path], target: Path, flags: list[str], sta
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise HutchError(f"building hutch-{name} with {compiler} failed: {detail}")
     os.rename(temp, target)  # atomic: concurrent builders each rename a complete binary
+    prefix = f"hutch-{name}{'-static' if static else ''}-"
+    for old in target.parent.glob(f"{prefix}*"):
+        if old != target and not old.name[len(prefix) :].startswith("static-"):
+            old.unlink(missing_ok=True)  # an older source's build (a running copy keeps its inode)
     return str(target)
