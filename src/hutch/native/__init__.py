@@ -19,16 +19,15 @@ _SOURCES = Path(__file__).parent
 def program(name: str, cache_dir: Path, static: bool = False) -> str:
     """Path of the compiled ``name`` (``monitor`` -> ``monitor.c``), building it if this version lacks one.
 
-    The binary's name carries the source's size and mtime, so an upgrade never runs a stale build, and a
-    stat is all a warm call costs. ``static``: linked statically and optimised for size, for a guest whose
-    initramfs has no C library (``vmagent``; Debian's libc6-dev ships libc.a).
+    The binary's name carries its sources' sizes and mtimes (``version``), so an upgrade never runs a
+    stale build, and a few stats are all a warm call costs. ``static``: linked statically and optimised
+    for size, for a guest whose initramfs has no C library (``vmagent``; Debian's libc6-dev ships libc.a).
     """
-    sources = source_files(name)
     kind = "-static" if static else ""
     target = cache_dir / f"hutch-{name}{kind}-{version(name)}"
     if os.access(target, os.X_OK):
         return str(target)
-    return _compile(name, sources, target, ["-static", "-Os"] if static else ["-O2"], static)
+    return _compile(name, source_files(name), target, ["-static", "-Os"] if static else ["-O2"], static)
 
 
 def source_files(name: str) -> list[Path]:
@@ -44,15 +43,13 @@ def source_files(name: str) -> list[Path]:
 
 
 def version(name: str) -> str:
-    """Size and mtime of ``name``'s sources (headers too): a build's name, so that an upgrade never runs a
-    stale build and a warm call costs a few stats."""
+    """Sizes and mtimes of ``name``'s sources and of the shared headers: a build's name, so that an
+    upgrade never runs a stale build and a warm call costs a few stats."""
     single = _SOURCES / f"{name}.c"
-    parts = [single] if single.exists() else sorted((_SOURCES / name).glob("*.[ch]"))
-    if not parts:
+    own = [single] if single.exists() else sorted((_SOURCES / name).glob("*.[ch]"))
+    if not own:
         raise HutchError(f"hutch-{name}: no source in {_SOURCES}")
-    if len(parts) == 1:
-        st = parts[0].stat()
-        return f"{st.st_size:x}-{st.st_mtime_ns:x}"
+    parts = own + sorted(_SOURCES.glob("*.h"))  # the headers every program may include
     import zlib
 
     facts = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()

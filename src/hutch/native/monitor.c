@@ -39,6 +39,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fullio.h"
+
 #define LOG_NAME "container.log"
 #define MAX_CLIENTS 16
 #define CHUNK 16384
@@ -62,21 +64,6 @@ static void die(const char *what)
 	_exit(1);
 }
 
-static int write_all(int fd, const void *data, size_t len)
-{
-	const char *p = data;
-	while (len) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
 
 static void open_log(void)
 {

@@ -58,6 +58,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../fullio.h"
+
 enum { T_ARG = 1, T_ENV, T_CWD, T_UID, T_GID, T_GROUP, T_RLIMIT, T_CAPS, T_NNP, T_SECCOMP, T_SECCOMP_FLAGS,
        T_TTY, T_ROOT, T_MKDIR, T_MOUNT, T_WRITE, T_DEVICES, T_HOSTNAME, T_MODULES, T_MASK,
        T_READONLY, T_MKNOD, T_LINK, T_ADDRESS, T_ROUTE };
@@ -108,7 +110,6 @@ struct container {
 
 
 /* io.c */
-int write_all(int fd, const void *data, size_t len);
 void power_off(void);
 void fail(const char *what);
 unsigned char *read_block(int fd, uint32_t *len);

@@ -8,21 +8,6 @@ static void say(const char *fmt, const char *a, int err)
 	dprintf(2, "hutch: %s%s%s%s\n", fmt, a ? a : "", err ? ": " : "", err ? strerror(err) : "");
 }
 
-int write_all(int fd, const void *data, size_t len)
-{
-	const char *p = data;
-	while (len) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
 
 static int read_all(int fd, void *data, size_t len)
 {
