@@ -216,7 +216,7 @@ class Engine:
         """The isolation backend is the record's: namespaces (``runtime``) or a microVM (``vm``, imported only
         when a container asks for it). Both return a process to wait for and signal."""
         cgroup = cgroup_of(record)
-        if record.config.get("options", {}).get("isolation") == "vm":
+        if record.is_microvm:
             return self._mark_started(record, self._start_vm(record, cgroup, stdio, die_with_parent))
         spec, attachment = self._attach_network(record)
 

@@ -152,9 +152,7 @@ def copy(engine, src: str, dest: str, follow: bool = False, archive: bool = Fals
     if src_ctr is not None and not src_path.startswith("/"):
         src_path = "/" + src_path
     record = engine.lookup(src_ctr or dest_ctr)
-    if record.config.get("options", {}).get("isolation") == "vm" and _copy_vm(
-        engine, record, src_ctr, src_path, dest_path, follow, archive
-    ):
+    if record.is_microvm and _copy_vm(engine, record, src_ctr, src_path, dest_path, follow, archive):
         return
     data_r, data_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)

@@ -56,7 +56,7 @@ def exec_in(engine, ref: str, argv: list[str], options: ExecOptions) -> Containe
     spec = exec_spec(record.config["spec"], argv, options)
     oci_filter = spec.get("linux", {}).get("seccomp")
     program = seccomp.prepare(oci_filter, str(engine.root / "cache" / "seccomp")) if oci_filter else None
-    if record.config.get("options", {}).get("isolation") == "vm":
+    if record.is_microvm:
         # why not spawn_exec: the record's pid is the VM's supervisor, a host process; joining its
         # namespaces would run the command on the host. The guest agent runs it inside the VM instead.
         return _exec_in_vm(record, spec, options, program)

@@ -142,7 +142,7 @@ def processes(engine: Engine, ref: str) -> list[dict]:
     record = engine.lookup(ref)
     if record.state not in ("running", "paused"):
         raise Conflict(f"container {record.name} is not running")
-    if record.config.get("options", {}).get("isolation") == "vm":
+    if record.is_microvm:
         if record.state == "paused":
             raise Conflict(f"container {record.name} is paused: its guest cannot answer until unpaused")
         from hutch.vm.processes import list_processes

@@ -116,7 +116,7 @@ class StatsSampler:
             return None
         counters = cgroup_of(record).stats()
         own_netns = any(ns["type"] == "network" for ns in record.config["spec"]["linux"]["namespaces"])
-        if record.config.get("options", {}).get("isolation") == "vm":
+        if record.is_microvm:
             counters["net_rx"], counters["net_tx"] = vm_net_io(record.id)
         else:
             counters["net_rx"], counters["net_tx"] = net_io(record.pid) if own_netns else (0, 0)

@@ -58,7 +58,7 @@ def check_create(engine, opts, image_config: dict) -> dict:
 def _check_joinable(other) -> None:
     """A microVM container's network stack is its guest kernel's; the host process behind its record (the
     VM's supervisor) holds the host's namespaces, which a container joining it would get instead."""
-    if other.config.get("options", {}).get("isolation") == "vm":
+    if other.is_microvm:
         raise InvalidArgument(
             f"--network container:{other.name}: it runs in a microVM, whose network is its own"
         )
@@ -140,7 +140,7 @@ def connect(engine, network: str, ref: str, ip: str | None = None, aliases: list
     record = engine.lookup(ref)
     if not is_bridged(record.config.get("options", {}).get("network", "none")):
         raise Conflict(f"container {record.name} has no network of its own to connect")
-    if record.config.get("options", {}).get("isolation") == "vm":
+    if record.is_microvm:
         # its pid is the supervisor, a host process: a veth would land in the host's namespace
         raise Conflict(f"network connect of container {record.name}: not supported with --isolation vm yet")
     if record.state != "running":
@@ -165,7 +165,7 @@ def renamed(engine, record, name: str) -> None:
 
 def disconnect(engine, network: str, ref: str) -> None:
     record = engine.lookup(ref)
-    if record.config.get("options", {}).get("isolation") == "vm" and record.state == "running":
+    if record.is_microvm and record.state == "running":
         raise Conflict(f"network disconnect of {record.name}: not supported with --isolation vm yet")
     manager(engine).disconnect(record.id, network)
 

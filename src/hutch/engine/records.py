@@ -91,6 +91,12 @@ class Record:
         self.restarts = restarts
         self.stopped = stopped
 
+    @property
+    def is_microvm(self) -> bool:
+        """Whether it runs in a microVM (``--isolation vm``): its pid is then the VM's supervisor, a host
+        process, whose namespaces and cgroup are not the container's."""
+        return self.config.get("options", {}).get("isolation") == "vm"
+
 
 class ContainerRecords:
     """CRUD over the ``containers`` table; every change is one short transaction."""
