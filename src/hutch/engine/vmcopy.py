@@ -14,6 +14,7 @@ The host keeps Docker's rules: it learns what the destination is from the probe,
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 import threading
 from pathlib import PurePosixPath
@@ -78,7 +79,7 @@ def copy_in(engine, ref: str, src: str, dest: str, follow: bool, archive: bool) 
         except FileNotFoundError:
             raise NotFound(f"could not find the file {src} on the host") from None
         plan = copy.target_plan(dest, None if kind in ("none", "noparent") else kind,
-                                os.path.isdir(path) if follow else _is_dir(st), contents_only)  # fmt: skip
+                                stat.S_ISDIR(st.st_mode), contents_only)  # fmt: skip
         if kind == "noparent":
             raise NotFound(f"destination directory {plan.directory} does not exist in the container")
         directory, stream_in = plan.directory, None
@@ -95,12 +96,6 @@ def copy_in(engine, ref: str, src: str, dest: str, follow: bool, archive: bool) 
     except BrokenPipeError as exc:
         failure = exc  # tar stopped reading: its own message says why
     _finish(proc, errors, failure)
-
-
-def _is_dir(st: os.stat_result) -> bool:
-    import stat
-
-    return stat.S_ISDIR(st.st_mode)
 
 
 def _archive(out, path: str, plan, follow: bool, keep_owner: bool) -> None:
