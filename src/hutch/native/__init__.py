@@ -32,28 +32,25 @@ def program(name: str, cache_dir: Path, static: bool = False) -> str:
 
 def source_files(name: str) -> list[Path]:
     """``name.c``, or the .c files of the directory ``name`` (a program of several modules and a header)."""
-    single = _SOURCES / f"{name}.c"
-    if single.exists():
-        return [single]
-    directory = _SOURCES / name
-    try:
-        return sorted(directory.glob("*.c")) or [single]
-    except OSError:
-        return [single]
+    return [p for p in _own_sources(name) if p.suffix == ".c"]
 
 
 def version(name: str) -> str:
     """Sizes and mtimes of ``name``'s sources and of the shared headers: a build's name, so that an
     upgrade never runs a stale build and a warm call costs a few stats."""
+    import zlib
+
+    parts = _own_sources(name) + sorted(_SOURCES.glob("*.h"))  # the headers every program may include
+    facts = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
+    return f"{zlib.crc32(facts):08x}{zlib.adler32(facts):08x}"  # distinct names, no hashlib (OpenSSL)
+
+
+def _own_sources(name: str) -> list[Path]:
     single = _SOURCES / f"{name}.c"
     own = [single] if single.exists() else sorted((_SOURCES / name).glob("*.[ch]"))
     if not own:
         raise HutchError(f"hutch-{name}: no source in {_SOURCES}")
-    parts = own + sorted(_SOURCES.glob("*.h"))  # the headers every program may include
-    import zlib
-
-    facts = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
-    return f"{zlib.crc32(facts):08x}{zlib.adler32(facts):08x}"  # distinct names, no hashlib (OpenSSL)
+    return own
 
 
 def _multiarch() -> str:
