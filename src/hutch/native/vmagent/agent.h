@@ -12,8 +12,9 @@
  * /dev under /stage, and its seccomp filter; see hutch/vm/script.py stage_records), which the container's
  * pid 1 builds before this program says "ready" (a template is saved there: a clone has it); then, read
  * by that pid 1 itself, a config (u32 length + records, see hutch/vm/agentconf.py: the root's set-up
- * steps, eth0's settings, the process); then, read here, lines "signal N" and "winch ROWS COLS". Guest -> host:
- * "ready", "up" (or "fail WHY") once the root is mounted, and "exit N".
+ * steps, eth0's settings, the process) and, once it has said "up", "time NANOSECONDS" (the host's clock);
+ * then, read here, lines "signal N" and "winch ROWS COLS". Guest -> host: "ready", "up" (or "fail WHY")
+ * once the root is mounted, and "exit N".
  * Exec port ("hutch.exec"): frames {u8 type, u8 id, u16 0, u32 length} + payload (see hutch/vm/frames.py).
  * Each exec's stdin and output flow in windows of WINDOW bytes (CREDIT frames), so one process that stops
  * reading or one client that stops taking output never blocks this loop: nothing here blocks but the

@@ -30,8 +30,8 @@ static void take_clock(void)
  * the mounts cost ~100 ms after a restore). Then it reads the container's config from the control port
  * itself (one wake-up fewer than through the agent), mounts the image's disk under the overlay, says
  * "up", takes the host's clock, tells the agent on `staged` that the port is the agent's again and whether
- * there is a terminal, moves the staged mounts in (the config's first steps), finishes the root, sets up the network card, if
- * any, and enters the root. */
+ * there is a terminal, moves the staged mounts in (the config's first steps), finishes the root, sets up
+ * the network card, if any, and enters the root. */
 void container_child(unsigned char *stage, uint32_t stage_len, int staged, int tty_sock)
 {
 	static struct config st, c;
