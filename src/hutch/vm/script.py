@@ -1,7 +1,7 @@
-"""The container's root and process, as the guest sets them up (stage 2).
+"""The container's root and process, as the guest sets them up.
 
-The guest has busybox, hutch's agent (``native/vmagent/``) and nothing else; so the host, which has the OCI
-spec, turns it into plain records for the agent (``vm/agentconf.py``): the root's set-up steps (the
+The guest has hutch's agent (``native/vmagent/``) as its init and nothing else; so the host, which has the
+OCI spec, turns it into plain records for the agent (``vm/agentconf.py``): the root's set-up steps (the
 container's /proc, /sys, /dev with devpts and /dev/shm, the engine's /etc files, ``--tmpfs``, volumes,
 Docker's masked and read-only paths, the hostname, ``--read-only``), which the agent performs as pid 1 of
 the container's fresh pid, mount, uts and ipc namespaces, then the process's (args, env, cwd, user and
